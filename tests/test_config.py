@@ -1,0 +1,105 @@
+"""Recipe loading: typos, wrong types and missing files each give one line naming the key."""
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from mmgen.config import ConfigError, load_config, must_exist, read_recipe_key
+
+
+@dataclass
+class OptimConfig:
+    learning_rate: float = 1e-3
+    max_steps: int = 10
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+
+
+@dataclass
+class RecipeConfig:
+    stage: str = "toy"
+    data: str | None = must_exist(None)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self):
+        if self.optim.max_steps < 0:
+            raise ValueError(f"optim.max_steps must be >= 0, got {self.optim.max_steps}")
+
+
+def write(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def one_line_error(recipe_path, overrides=()):
+    with pytest.raises(ConfigError) as info:
+        load_config(RecipeConfig, recipe_path, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_yaml_and_overrides_build_typed_config(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    path = write(tmp_path, f"data: {data_dir}\noptim:\n  learning_rate: 0.5\n")
+    config = load_config(RecipeConfig, path, ["optim.max_steps=7", "optim.betas=[0.5,0.6]"])
+    assert isinstance(config, RecipeConfig) and isinstance(config.optim, OptimConfig)
+    assert config.optim.learning_rate == 0.5
+    assert config.optim.max_steps == 7
+    assert config.optim.betas == [0.5, 0.6]
+    assert config.data == str(data_dir)
+
+
+def test_defaults_without_recipe():
+    assert load_config(RecipeConfig) == RecipeConfig()
+
+
+def test_typo_names_closest_key(tmp_path):
+    message = one_line_error(write(tmp_path, "optim:\n  lerning_rate: 0.1\n"))
+    assert "optim.lerning_rate" in message and "did you mean 'optim.learning_rate'" in message
+    assert "recipe.yaml" in message
+
+
+def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
+    message = one_line_error(write(tmp_path, "zzz: 1\n"))
+    assert "unknown key 'zzz'" in message and "stage, data, optim" in message
+
+
+def test_typo_in_override_is_rejected(tmp_path):
+    message = one_line_error(write(tmp_path, "stage: toy\n"), ["optim.max_stepz=3"])
+    assert message.startswith("command line:") and "did you mean 'optim.max_steps'" in message
+
+
+@pytest.mark.parametrize("text", ["optim:\n  learning_rate: fast\n", "optim:\n  max_steps: 1.5\n"])
+def test_wrong_type_names_key(tmp_path, text):
+    message = one_line_error(write(tmp_path, text))
+    assert "wrong type" in message and "optim." in message
+
+
+def test_missing_path_names_key(tmp_path):
+    message = one_line_error(write(tmp_path, "data: /no/such/dir\n"))
+    assert "key 'data'" in message and "/no/such/dir" in message
+
+
+def test_missing_recipe_file(tmp_path):
+    message = one_line_error(tmp_path / "nope.yaml")
+    assert "recipe not found" in message and "nope.yaml" in message
+
+
+def test_post_init_check_is_reported(tmp_path):
+    message = one_line_error(write(tmp_path, "optim: {max_steps: -1}\n"))
+    assert "optim.max_steps must be >= 0" in message
+
+
+@pytest.mark.parametrize("text", ["stage: [\n", "- 1\n- 2\n"])
+def test_malformed_yaml(tmp_path, text):
+    assert "recipe.yaml" in one_line_error(write(tmp_path, text))
+
+
+def test_malformed_override(tmp_path):
+    assert "key=value" in one_line_error(write(tmp_path, ""), ["optim.max_steps"])
+
+
+def test_read_recipe_key(tmp_path):
+    assert read_recipe_key(write(tmp_path, "stage: sft\nfoo: 1\n"), "stage") == "sft"
