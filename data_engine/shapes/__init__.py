@@ -1,8 +1,11 @@
-"""The procedural shapes world: scenes, GenEval-style prompts and captions, edits, benchmark and datasets."""
+"""The procedural shapes world: scenes, GenEval-style prompts and captions, edits and the benchmark.
+
+Dataset building lives in `.dataset` and is not imported here, so importing the world stays free of the
+`datasets` import cost.
+"""
 
 from .benchmark import load_benchmark, write_benchmark
 from .captions import GENEVAL_TASKS, describe, make_prompt, metadata_for_scene
-from .dataset import build_shapes_dataset, write_shapes_dataset
 from .edits import EDIT_TYPES, EditTriplet, make_edit
 from .scenes import SceneSamplingError, free_scene, geneval_relations, scene_for_prompt
 from .world import COLORS, SHAPES, Scene, ShapeObject, render
@@ -16,7 +19,6 @@ __all__ = [
     "Scene",
     "SceneSamplingError",
     "ShapeObject",
-    "build_shapes_dataset",
     "describe",
     "free_scene",
     "geneval_relations",
@@ -27,5 +29,4 @@ __all__ = [
     "render",
     "scene_for_prompt",
     "write_benchmark",
-    "write_shapes_dataset",
 ]

@@ -61,7 +61,7 @@ class ShapeObject:
 
     def box(self) -> tuple[float, float, float, float]:
         """Exact bounding box `(x1, y1, x2, y2)` of the drawn shape, in image fractions."""
-        xs, ys = zip(*shape_outline(self.shape, self.x, self.y, self.radius))
+        xs, ys = zip(*shape_outline(self.shape, self.x, self.y, self.radius), strict=True)
         return min(xs), min(ys), max(xs), max(ys)
 
 
