@@ -1,0 +1,49 @@
+"""Atomic writes: a reader sees the old file/directory or the new one, never a half-written one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike, replace_marker: str | None = None) -> Iterator[Path]:
+    """Yield a staging directory next to `path`; on success it takes `path`'s place with a rename.
+
+    An existing `path` is replaced only if it is empty or holds `replace_marker` (a file that proves it is a
+    previous output of the same kind), so a typo'd output path never wipes an unrelated directory.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"cannot write {path}: it exists and is not a directory")
+    if replace_marker and path.is_dir() and any(path.iterdir()) and not (path / replace_marker).exists():
+        raise FileExistsError(f"refusing to overwrite {path}: it is a non-empty directory without {replace_marker}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The staging directory sits in the same parent so the final rename stays on one filesystem (atomic).
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp makes it private (0700); outputs should be readable like any directory
+        if path.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.retired-", dir=path.parent))
+            path.rename(retired / path.name)
+            staging.rename(path)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_json_atomic(path: str | os.PathLike, data) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
