@@ -1,0 +1,162 @@
+"""A convolutional tokenizer: image -> h x w grid of codes, built from diffusers' VAE encoder/decoder blocks.
+
+pixels -> pixel-unshuffle (patch_size) -> Encoder -> 1x1 conv -> Quantizer -> 1x1 conv -> Decoder -> pixel-shuffle
+The pixel (un)shuffle is a free 2x downsampling: with the default config no convolution runs at the full 64x64
+resolution, so it trains 2-6x faster on CPU than reaching the same 8x8 grid with a fourth encoder/decoder block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from diffusers.models.autoencoders.vae import Decoder, Encoder
+from torch import nn
+
+from .base import VisualTokenizer, register_visual_tokenizer
+from .quantizers import Quantizer, QuantizerConfig
+
+
+@dataclass
+class GridTokenizerConfig:
+    """Shape of a GridTokenizer. The grid side is image_size / (patch_size * 2 ** (len(block_out_channels) - 1)).
+
+    The defaults map 64x64 images to an 8x8 grid of 512 VQ codes with a ~2.8M-parameter model.
+    """
+
+    image_size: int = 64
+    in_channels: int = 3
+    patch_size: int = 2
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    layers_per_block: int = 1
+    norm_num_groups: int = 32
+    latent_channels: int = 32
+    mid_block_add_attention: bool = True
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+
+    def __post_init__(self) -> None:
+        self.block_out_channels = tuple(self.block_out_channels)
+        if isinstance(self.quantizer, dict):
+            self.quantizer = QuantizerConfig.from_dict(self.quantizer)
+        if not self.block_out_channels:
+            raise ValueError("block_out_channels must list at least one block")
+        positive = ("image_size", "in_channels", "patch_size", "layers_per_block", "latent_channels", "norm_num_groups")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        uneven = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if uneven:
+            raise ValueError(
+                f"block_out_channels {list(self.block_out_channels)} must all be divisible by "
+                f"norm_num_groups={self.norm_num_groups} (GroupNorm), got {uneven}"
+            )
+        if self.image_size % self.downsample_factor:
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by the downsampling factor "
+                f"{self.downsample_factor} (patch_size * 2 ** (len(block_out_channels) - 1))"
+            )
+
+    @property
+    def downsample_factor(self) -> int:
+        # diffusers' Encoder halves the resolution in every block but the last.
+        return self.patch_size * 2 ** (len(self.block_out_channels) - 1)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.downsample_factor
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["block_out_channels"] = list(self.block_out_channels)
+        data["quantizer"] = self.quantizer.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GridTokenizerConfig:
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown GridTokenizerConfig keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+@register_visual_tokenizer
+class GridTokenizer(VisualTokenizer):
+    """VQ-VAE style tokenizer: codes on a grid_size x grid_size grid (x num_quantizers for rvq), row-major.
+
+    Training: `reconstruction, aux_loss, codes = model(pixels)`; add `aux_loss` (commitment / entropy) to the
+    reconstruction loss. vq/rvq codebooks learn by EMA inside forward in train mode, not through the optimizer.
+    """
+
+    tokenizer_type = "grid"
+
+    def __init__(self, config: GridTokenizerConfig | None = None) -> None:
+        super().__init__()
+        config = config or GridTokenizerConfig()
+        self.config = config
+        self.image_size = config.image_size
+        self.in_channels = config.in_channels
+        side = config.grid_size
+        per_position = config.quantizer.codes_per_position
+        self.grid_shape = (side, side, per_position) if per_position > 1 else (side, side)
+        self.num_tokens = side * side * per_position
+        self.codebook_size = config.quantizer.total_codebook_size
+
+        pixel_channels = config.in_channels * config.patch_size**2
+        num_blocks = len(config.block_out_channels)
+        shared = dict(
+            block_out_channels=config.block_out_channels,
+            layers_per_block=config.layers_per_block,
+            norm_num_groups=config.norm_num_groups,
+            mid_block_add_attention=config.mid_block_add_attention,
+        )
+        self.patchify = nn.PixelUnshuffle(config.patch_size)
+        self.encoder = Encoder(
+            in_channels=pixel_channels,
+            out_channels=config.latent_channels,
+            down_block_types=("DownEncoderBlock2D",) * num_blocks,
+            double_z=False,
+            **shared,
+        )
+        quantizer_dim = config.quantizer.vector_dim(config.latent_channels)
+        self.quant_conv = nn.Conv2d(config.latent_channels, quantizer_dim, kernel_size=1)
+        self.quantizer = Quantizer(config.quantizer, dim=quantizer_dim)
+        self.post_quant_conv = nn.Conv2d(quantizer_dim, config.latent_channels, kernel_size=1)
+        self.decoder = Decoder(
+            in_channels=config.latent_channels,
+            out_channels=pixel_channels,
+            up_block_types=("UpDecoderBlock2D",) * num_blocks,
+            **shared,
+        )
+        self.unpatchify = nn.PixelShuffle(config.patch_size)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """pixels [B, C, H, W] in [-1, 1] -> (reconstruction (not clamped), aux_loss, codes [B, num_tokens])."""
+        self._check_pixels(pixels)
+        z_q, codes, aux_loss = self.quantizer(self._latents(pixels))
+        return self._pixels(z_q), aux_loss, codes.reshape(pixels.shape[0], self.num_tokens)
+
+    def _latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(self.patchify(pixels)))
+
+    def _pixels(self, z_q: torch.Tensor) -> torch.Tensor:
+        return self.unpatchify(self.decoder(self.post_quant_conv(z_q)))
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        _, codes, _ = self.quantizer(self._latents(pixels))
+        return codes.reshape(pixels.shape[0], self.num_tokens)
+
+    def _decode(self, codes: torch.Tensor) -> torch.Tensor:
+        grid_codes = codes.reshape(codes.shape[0], *self.grid_shape)
+        return self._pixels(self.quantizer.codes_to_latents(grid_codes))
+
+    def code_embeddings(self) -> torch.Tensor:
+        return self.quantizer.code_vectors()
+
+    def get_config(self) -> dict[str, Any]:
+        return {"tokenizer_type": self.tokenizer_type, **self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> GridTokenizer:
+        config = {key: value for key, value in config.items() if key != "tokenizer_type"}
+        return cls(GridTokenizerConfig.from_dict(config))
