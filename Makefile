@@ -34,7 +34,7 @@ bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check mmgen data_engine eval bench tests
+	$(VENV)/bin/ruff check mmgen data_engine eval recipes bench tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -41,9 +41,7 @@ def load_config(schema: type[T], path: str | os.PathLike | None = None, override
     `must_exist` paths that are missing.
     """
     source = str(path) if path is not None else "<defaults>"
-    layers = []
-    if path is not None:
-        layers.append((source, _read_yaml(Path(path))))
+    layers = _recipe_layers(Path(path)) if path is not None else []
     if overrides:
         layers.append(("command line", _parse_overrides(overrides)))
 
@@ -64,9 +62,28 @@ def load_config(schema: type[T], path: str | os.PathLike | None = None, override
     return config
 
 
+EXTENDS_KEY = "extends"
+
+
+def _recipe_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, DictConfig]]:
+    """The recipe and the recipes it `extends` (a path relative to it), base first: later layers win."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: '{EXTENDS_KEY}' forms a cycle through {', '.join(map(str, seen))}")
+    layer = _read_yaml(path)
+    base = layer.pop(EXTENDS_KEY, None)
+    if base is None:
+        return [(str(path), layer)]
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: key '{EXTENDS_KEY}' must be a recipe path, got {base!r}")
+    return _recipe_layers(path.parent / base, (*seen, path.resolve())) + [(str(path), layer)]
+
+
 def read_recipe_key(path: str | os.PathLike, key: str) -> Any:
-    """Read one top-level key of a recipe without validating it (e.g. `stage`, to pick the schema)."""
-    return _read_yaml(Path(path)).get(key)
+    """Read one top-level key of a recipe (following `extends`) without validating it, e.g. `stage`."""
+    for _, layer in reversed(_recipe_layers(Path(path))):
+        if key in layer:
+            return layer[key]
+    return None
 
 
 def config_to_yaml(config: Any) -> str:

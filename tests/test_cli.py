@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from mmgen.recipes import RECIPES_DIR as RECIPES
 
 from mmgen.cli import NOT_YET_AVAILABLE, main
 
@@ -34,3 +35,29 @@ def test_user_error_is_one_line(capsys):
     assert main(["data", "shapes", "--num", "0", "--out", "/tmp/never"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--num" in err
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("training.lerning_rate=0.1", "did you mean 'training.learning_rate'"),
+        ("training.batch_size=big", "key 'training.batch_size' has the wrong type"),
+        ("data.source=/no/such/images", "image source not found: /no/such/images"),
+        ("loss.lpips_path=/no/lpips.safetensors", "key 'loss.lpips_path' points to a missing path"),
+    ],
+)
+def test_bad_recipe_input_is_one_line_naming_the_key(override, expected, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"extends: {RECIPES / 'tokenizer' / 'shapes-vq.yaml'}\noutput_dir: {tmp_path / 'out'}\n")
+    result = subprocess.run([sys.executable, "-m", "mmgen", "train", str(recipe), override],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_missing_recipe_file_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mmgen", "train", str(tmp_path / "nope.yaml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "recipe not found" in result.stderr and result.stderr.count("\n") == 1

@@ -103,3 +103,24 @@ def test_malformed_override(tmp_path):
 
 def test_read_recipe_key(tmp_path):
     assert read_recipe_key(write(tmp_path, "stage: sft\nfoo: 1\n"), "stage") == "sft"
+
+
+def test_extends_merges_base_first(tmp_path):
+    (tmp_path / "base.yaml").write_text("stage: base\noptim:\n  learning_rate: 0.1\n  max_steps: 5\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\noptim:\n  max_steps: 9\n")
+    config = load_config(RecipeConfig, child)
+    assert (config.stage, config.optim.learning_rate, config.optim.max_steps) == ("base", 0.1, 9)
+    assert read_recipe_key(child, "stage") == "base"
+
+
+def test_extends_errors_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    assert "cycle" in one_line_error(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    assert "missing.yaml" in one_line_error(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("extends: base.yaml\noptim:\n  lerning_rate: 1\n")
+    (tmp_path / "base.yaml").write_text("stage: x\n")
+    message = one_line_error(tmp_path / "d.yaml")
+    assert "d.yaml" in message and "did you mean 'optim.learning_rate'" in message

@@ -112,18 +112,10 @@ def relation_components(obj_b: ShapeObject, obj_a: ShapeObject) -> tuple[float, 
 
 
 def geneval_relations(obj_b: ShapeObject, obj_a: ShapeObject) -> set[str]:
-    """The relations that GenEval's rule finds for "B <relation> A" from the objects' exact boxes."""
-    dx, dy = relation_components(obj_b, obj_a)
-    relations = set()
-    if dx < -0.5:
-        relations.add("left of")
-    if dx > 0.5:
-        relations.add("right of")
-    if dy < -0.5:
-        relations.add("above")
-    if dy > 0.5:
-        relations.add("below")
-    return relations
+    """The relations that GenEval's rule (the scorer's own code) finds for "B <relation> A" from exact boxes."""
+    from mmgen.eval.geneval.rules import relative_position
+
+    return relative_position(obj_b.box(), obj_a.box())
 
 
 def _clearly_related(obj_b: ShapeObject, obj_a: ShapeObject, relation: str) -> bool:

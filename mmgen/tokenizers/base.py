@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +18,8 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
+
+from mmgen.files import atomic_directory
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -124,7 +124,7 @@ class VisualTokenizer(nn.Module, ABC):
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write the tokenizer directory atomically: readers see the old checkpoint or the new one, never half."""
-        with _atomic_directory(Path(path)) as staging:
+        with atomic_directory(path, replace_marker=CONFIG_NAME) as staging:
             self._write_files(staging)
 
     def _write_files(self, directory: Path) -> None:
@@ -210,29 +210,3 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
     finally:
         for submodule, training in modes:
             submodule.training = training
-
-
-@contextmanager
-def _atomic_directory(path: Path) -> Iterator[Path]:
-    """Yield a staging directory next to `path`; on success it replaces `path` with a rename."""
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"cannot save a tokenizer to {path}: it exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not (path / CONFIG_NAME).is_file():
-        # Only a previous checkpoint (it has a config.json) or an empty directory may be replaced wholesale.
-        raise FileExistsError(f"refusing to overwrite {path}: it is a non-empty directory without {CONFIG_NAME}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The staging directory sits in the same parent so the final rename stays on one filesystem (atomic).
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
-    try:
-        yield staging
-        staging.chmod(0o755)  # mkdtemp creates it private (0700); a checkpoint should be readable like any dir
-        if path.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.retired-", dir=path.parent))
-            path.rename(retired / path.name)
-            staging.rename(path)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(path)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)

@@ -27,6 +27,7 @@ from mmgen.images import make_grid, tensor_to_pil
 from mmgen.tokenizers.losses import (
     LPIPS,
     PatchDiscriminator,
+    gradient_loss,
     hinge_discriminator_loss,
     hinge_generator_loss,
     reconstruction_loss,
@@ -47,6 +48,7 @@ class TokenizerDataConfig:
 @dataclass
 class TokenizerLossConfig:
     reconstruction: str = "l1"  # "l1", "l2" or "l1+l2"
+    gradient_weight: float = 0.0  # L1 on image gradients: sharper edges and corners
     perceptual_weight: float = 0.0  # LPIPS; needs `lpips_path`
     lpips_path: str | None = must_exist(None)  # LPIPS-VGG weights as safetensors (see mmgen/tokenizers/losses.py)
     adversarial_weight: float = 0.0  # PatchGAN hinge loss; off by default
@@ -152,6 +154,7 @@ def train_tokenizer(recipe: TokenizerRecipe, progress: bool = True) -> Path:
     """Train (or resume) and save the final tokenizer to `<output_dir>/tokenizer`; returns that path."""
     cfg = recipe.training
     output_dir = Path(recipe.output_dir)
+    train_set, eval_set = build_datasets(recipe)  # bad data paths fail here, before anything is written
     output_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(
         mixed_precision="no" if cfg.mixed_precision == "fp32" else cfg.mixed_precision,
@@ -159,7 +162,6 @@ def train_tokenizer(recipe: TokenizerRecipe, progress: bool = True) -> Path:
         project_dir=str(output_dir),
     )
     set_seed(cfg.seed)
-    train_set, eval_set = build_datasets(recipe)
     model = GridTokenizer(recipe.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   betas=(0.9, 0.99))
@@ -173,16 +175,17 @@ def train_tokenizer(recipe: TokenizerRecipe, progress: bool = True) -> Path:
     if lpips is not None:
         lpips = lpips.to(accelerator.device)
 
-    start_step = 0
     checkpoint = latest_checkpoint(output_dir)
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        start_step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
-        accelerator.print(f"resuming from {checkpoint} (step {start_step})")
-
+    start_step = json.loads((checkpoint / "trainer_state.json").read_text())["step"] if checkpoint else 0
     sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, start_step, cfg.max_steps)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_images,
                                          num_workers=cfg.num_workers)
+    # Starting the loader draws its base seed from the global RNG. Restore the checkpoint's RNG state after that
+    # draw, so the resumed run's random stream (dead-code restarts, dropout) is the uninterrupted run's.
+    batches = iter(loader)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        accelerator.print(f"resuming from {checkpoint} (step {start_step})")
     fixed_eval = to_pixels(collate_images([eval_set[i] for i in range(min(16, len(eval_set)))])[0])
     skipped: dict[str, str] = _read_skipped(output_dir)  # row -> reason; a row is reported once
     log_path = output_dir / "train_log.jsonl"
@@ -190,7 +193,7 @@ def train_tokenizer(recipe: TokenizerRecipe, progress: bool = True) -> Path:
                not accelerator.is_main_process, dynamic_ncols=True)
     step, started = start_step, time.perf_counter()
     model.train()
-    for batch, bad in loader:
+    for batch, bad in batches:
         skipped.update((item.name, item.reason) for item in bad)
         if batch.shape[0] == 0:
             step += 1
@@ -237,6 +240,10 @@ def _train_step(recipe, step, model, optimizer, scheduler, pixels, accelerator, 
         recon = reconstruction_loss(reconstruction, pixels, loss_cfg.reconstruction)
         loss = recon + aux_loss.float()
         metrics = {"recon": recon.item(), "aux": aux_loss.item()}
+        if loss_cfg.gradient_weight > 0:
+            edges = gradient_loss(reconstruction, pixels)
+            loss = loss + loss_cfg.gradient_weight * edges
+            metrics["gradient"] = edges.item()
         if lpips is not None:
             perceptual = lpips(reconstruction, pixels)
             loss = loss + loss_cfg.perceptual_weight * perceptual
