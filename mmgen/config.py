@@ -26,6 +26,14 @@ class ConfigError(UserError):
     """A recipe problem, phrased as one line that names the file and key and says what to do."""
 
 
+def strict_from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """`cls(**data)` for a saved config dict, refusing keys the dataclass does not have (a newer or foreign file)."""
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {', '.join(sorted(unknown))}")
+    return cls(**data)
+
+
 def must_exist(default: Any = dataclasses.MISSING, **kwargs) -> Any:
     """A path field that must point at an existing file or directory when the recipe is loaded."""
     metadata = {**kwargs.pop("metadata", {}), "must_exist": True}

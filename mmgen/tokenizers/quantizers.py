@@ -8,12 +8,14 @@ depth d is shifted by d * codes_per_level, so each depth keeps its own block of 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from vector_quantize_pytorch import FSQ, LFQ, ResidualVQ, VectorQuantize
+
+from mmgen.config import strict_from_dict
 
 QUANTIZER_KINDS = ("vq", "fsq", "lfq", "rvq")
 DEFAULT_CODEBOOK_SIZE = 512
@@ -123,10 +125,7 @@ class QuantizerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantizerConfig:
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown quantizer config keys: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return strict_from_dict(cls, data)
 
 
 class Quantizer(nn.Module):

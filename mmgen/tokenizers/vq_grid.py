@@ -14,6 +14,8 @@ import torch
 from diffusers.models.autoencoders.vae import Decoder, Encoder
 from torch import nn
 
+from mmgen.config import strict_from_dict
+
 from .base import VisualTokenizer, register_visual_tokenizer
 from .quantizers import Quantizer, QuantizerConfig
 
@@ -74,10 +76,7 @@ class GridTokenizerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GridTokenizerConfig:
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown GridTokenizerConfig keys: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return strict_from_dict(cls, data)
 
 
 @register_visual_tokenizer
