@@ -166,7 +166,7 @@ def train_tokenizer(recipe: TokenizerRecipe, progress: bool = True) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   betas=(0.9, 0.99))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(cfg.warmup_steps, cfg.max_steps))
-    discriminator, disc_optimizer = _adversary(recipe, model)
+    discriminator, disc_optimizer = _adversary(recipe)
     lpips = LPIPS.from_file(recipe.loss.lpips_path) if recipe.loss.perceptual_weight > 0 else None
 
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -176,7 +176,8 @@ def train_tokenizer(recipe: TokenizerRecipe, progress: bool = True) -> Path:
         lpips = lpips.to(accelerator.device)
 
     checkpoint = latest_checkpoint(output_dir)
-    start_step = json.loads((checkpoint / "trainer_state.json").read_text())["step"] if checkpoint else 0
+    state = json.loads((checkpoint / "trainer_state.json").read_text()) if checkpoint else {}
+    start_step = state.get("step", 0)
     sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, start_step, cfg.max_steps)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_images,
                                          num_workers=cfg.num_workers)
@@ -187,7 +188,7 @@ def train_tokenizer(recipe: TokenizerRecipe, progress: bool = True) -> Path:
         accelerator.load_state(str(checkpoint))
         accelerator.print(f"resuming from {checkpoint} (step {start_step})")
     fixed_eval = to_pixels(collate_images([eval_set[i] for i in range(min(16, len(eval_set)))])[0])
-    skipped: dict[str, str] = _read_skipped(output_dir)  # row -> reason; a row is reported once
+    skipped: dict[str, str] = state.get("skipped", {})  # row -> reason; a row is reported once
     log_path = output_dir / "train_log.jsonl"
     bar = tqdm(total=cfg.max_steps, initial=start_step, desc="tokenizer", disable=not progress or
                not accelerator.is_main_process, dynamic_ncols=True)
@@ -270,7 +271,7 @@ def _train_step(recipe, step, model, optimizer, scheduler, pixels, accelerator, 
     return metrics
 
 
-def _adversary(recipe: TokenizerRecipe, model: GridTokenizer):
+def _adversary(recipe: TokenizerRecipe):
     if recipe.loss.adversarial_weight <= 0:
         return None, None
     discriminator = PatchDiscriminator(in_channels=recipe.model.in_channels)
@@ -319,9 +320,3 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, keep: int, skippe
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
 
-
-def _read_skipped(output_dir: Path) -> dict[str, str]:
-    checkpoint = latest_checkpoint(output_dir)
-    if checkpoint is None:
-        return {}
-    return json.loads((checkpoint / "trainer_state.json").read_text()).get("skipped", {})
