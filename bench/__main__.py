@@ -6,7 +6,7 @@ import argparse
 import importlib
 import json
 
-BENCHMARKS = ["tokenizer"]
+BENCHMARKS = ["tokenizer", "sampling"]
 
 
 def main() -> None:

@@ -25,3 +25,27 @@ def tiny_lm_dir(request, tmp_path_factory, shapes_corpus):
     out = tmp_path_factory.mktemp(f"tiny-{family}")
     return save_tiny_lm(out, family, shapes_corpus, vocab_size=400, hidden_size=64, num_layers=2,
                         tie_word_embeddings=tied)
+
+
+@pytest.fixture(scope="session")
+def tiny_visual_tokenizer_dir(tmp_path_factory):
+    """A tiny FSQ grid tokenizer (16x16 pixels -> 4x4 = 16 codes from 64), random weights, saved like a user's."""
+    import torch
+
+    from mmgen.tokenizers import GridTokenizer, GridTokenizerConfig, QuantizerConfig
+
+    torch.manual_seed(0)
+    tokenizer = GridTokenizer(GridTokenizerConfig(image_size=16, block_out_channels=(8, 16), norm_num_groups=4,
+                                                  latent_channels=8,
+                                                  quantizer=QuantizerConfig(kind="fsq", levels=[4, 4, 4])))
+    out = tmp_path_factory.mktemp("visual-tokenizer") / "tokenizer"
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def unified_dir(tiny_lm_dir, tiny_visual_tokenizer_dir, tmp_path_factory):
+    """`mmgen init` of the tiny LM with the tiny visual tokenizer (both tied and untied layouts)."""
+    from mmgen.checkpoint import init_unified
+
+    return init_unified(tiny_lm_dir, tiny_visual_tokenizer_dir, tmp_path_factory.mktemp("unified") / "model")

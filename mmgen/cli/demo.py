@@ -1,0 +1,21 @@
+"""`mmgen demo`: the end-to-end demo."""
+
+from __future__ import annotations
+
+
+def add_parser(verbs) -> None:
+    demo = verbs.add_parser("demo", help="run the end-to-end demo on the shapes world",
+                            description="Run every stage this version ships, end to end, in one run directory. "
+                            "Finished stages are reused; --force redoes them.")
+    demo.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    demo.add_argument("--force", action="store_true", help="redo finished stages")
+    demo.add_argument("--quick", action="store_true",
+                      help="toy training budgets: checks the whole pipeline in about a minute (numbers meaningless)")
+    demo.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from mmgen.demo import run_demo
+
+    run_demo(args.out, force=args.force, quick=args.quick)
+    return 0

@@ -1,0 +1,288 @@
+"""Image sampling from a unified checkpoint: CFG in one batch, logits over the code rows only, KV cache.
+
+Why not `model.generate(guidance_scale=...)`: transformers runs the unconditional branch as a second, unbatched
+model call per step and computes logits over the whole vocabulary, then masks all but the codes. Here the cond and
+uncond rows share one batched forward, and during the image span the LM head is a slice of its code rows, so
+each step costs one forward of the transformer body plus a `[rows, hidden] x [hidden, codebook]` product.
+Exactly `tokens_per_image` codes are drawn; `<|image_end|>` follows by construction.
+
+Every image has its own random stream (seed + image index), so an image does not change with the batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+from mmgen.checkpoint import UnifiedModel, load_unified
+from mmgen.errors import UserError
+from mmgen.images import center_square, load_image, pil_to_tensor, tensor_to_pil
+from mmgen.vocab import ImageVocab
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    num_images: int = 1  # images per prompt
+    cfg_scale: float = 3.0  # 1.0 (or 0 prompts for uncond) turns guidance off; 0.0 samples unconditionally
+    negative_prompt: str | None = None  # replaces the empty caption of the unconditional branch
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    seed: int = 0
+    batch_size: int = 16  # images per forward pass (CFG doubles the rows)
+    image_size: int | None = None  # if given, must match the visual tokenizer
+
+    def __post_init__(self):
+        problems = []
+        if self.num_images < 1:
+            problems.append(f"num_images must be >= 1, got {self.num_images}")
+        if not math.isfinite(self.cfg_scale) or self.cfg_scale < 0:
+            problems.append(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            problems.append(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            problems.append(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if problems:
+            raise UserError("invalid sampling settings: " + "; ".join(problems))
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg_scale != 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_defaults(cls, defaults: dict, **overrides) -> SamplingConfig:
+        """Checkpoint defaults (mmgen.json "sampling"), then explicit overrides; None means "not given"."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in defaults.items() if k in known}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown sampling settings: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+class CodeHead:
+    """Logits over the image-code rows of the LM head only.
+
+    Built from the head's weight slice; on construction it checks, on a probe input, that it reproduces the
+    model's own logits (families with logit soft-capping or scaling are handled; an unknown transform falls back
+    to the full head, sliced, with a warning).
+    """
+
+    def __init__(self, model: PreTrainedModel, vocab: ImageVocab):
+        head = model.get_output_embeddings()
+        codes = slice(vocab.first_code_id, vocab.first_code_id + vocab.codebook_size)
+        self.weight = head.weight[codes]
+        self.bias = head.bias[codes] if getattr(head, "bias", None) is not None else None
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self._full_head = None
+        self._codes = codes
+        if not self._matches_model(model):
+            logger.warning("%s transforms its logits in a way mmgen does not know; sampling uses the full LM head",
+                           type(model).__name__)
+            self._full_head = head
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self._full_head is not None:
+            return self._full_head(hidden)[..., self._codes].float()
+        logits = torch.nn.functional.linear(hidden, self.weight, self.bias).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    @torch.no_grad()
+    def _matches_model(self, model: PreTrainedModel) -> bool:
+        probe = torch.tensor([[self._codes.start, self._codes.start + 1]], device=self.weight.device)
+        out = model(probe, output_hidden_states=True)
+        expected = out.logits[:, -1, self._codes].float()
+        ours = self(out.hidden_states[-1][:, -1])
+        return torch.allclose(ours, expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max().clamp_min(1)))
+
+
+class ImageGenerator:
+    """Text-to-image and editing from a unified checkpoint. `generate(prompts)` returns images per prompt."""
+
+    def __init__(self, unified: UnifiedModel):
+        model = unified.model
+        if hasattr(model, "merge_and_unload"):  # a LoRA adapter: merged once, sampling then costs no extra matmuls
+            model = model.merge_and_unload()
+        self.unified = unified
+        self.model = model.eval()
+        self.body = model.get_decoder()
+        self.vocab = unified.vocab
+        self.prompts = unified.prompts
+        self.visual_tokenizer = unified.visual_tokenizer
+        self.num_tokens = unified.num_image_tokens
+        self.device = next(model.parameters()).device
+        self.head = CodeHead(model, self.vocab)
+        self.pad_id = self.vocab.end_id  # any id works: padded positions are masked out
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu", dtype: str | None = None,
+                        adapter: str | os.PathLike | None = None, attn_implementation: str = "sdpa") -> ImageGenerator:
+        return cls(load_unified(path, device=device, dtype=dtype, adapter=adapter,
+                                attn_implementation=attn_implementation))
+
+    def config(self, **overrides) -> SamplingConfig:
+        return SamplingConfig.from_defaults(self.unified.meta.get("sampling", {}), **overrides)
+
+    # ---- public API ------------------------------------------------------------------------------------------
+
+    def generate(self, prompts: str | Sequence[str], config: SamplingConfig | None = None, progress: bool = False,
+                 **overrides) -> list[list[Image.Image]]:
+        """`num_images` images for each prompt, as `[prompt][image]` PIL images."""
+        codes = self.generate_codes(prompts, config, progress, **overrides)
+        return self._group(self.decode(codes), len(codes) // len(_as_list(prompts)))
+
+    def generate_codes(self, prompts: str | Sequence[str], config: SamplingConfig | None = None,
+                       progress: bool = False, **overrides) -> torch.Tensor:
+        """Codes `[len(prompts) * num_images, tokens_per_image]`, prompt-major."""
+        prompts = _as_list(prompts)
+        config = self._settle(config, overrides)
+        cond = [self.prompts.text_to_image(prompt) for prompt in prompts]
+        uncond = self.prompts.text_to_image(config.negative_prompt)
+        return self.sample_codes(cond, [uncond] * len(cond), config, progress)
+
+    def edit(self, images: Image.Image | str | Sequence[Image.Image | str], instructions: str | Sequence[str],
+             config: SamplingConfig | None = None, progress: bool = False, **overrides) -> list[list[Image.Image]]:
+        """Edited images for each (source image, instruction) pair; CFG contrasts with and without instruction."""
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        instructions = _as_list(instructions)
+        if len(images) != len(instructions):
+            raise UserError(f"got {len(images)} images but {len(instructions)} instructions; give one per image")
+        config = self._settle(config, overrides)
+        source_codes = self.encode_images(images)
+        cond = [self.prompts.edit(codes, text) for codes, text in zip(source_codes, instructions, strict=True)]
+        uncond = [self.prompts.edit(codes, None) for codes in source_codes]
+        codes = self.sample_codes(cond, uncond, config, progress)
+        return self._group(self.decode(codes), config.num_images)
+
+    def generate_images(self, prompts: list[str], images_per_prompt: int, seed: int) -> list[list[Image.Image]]:
+        """The callable the benchmark runners take (GenEval, DPG-Bench, shapes)."""
+        return self.generate(prompts, num_images=images_per_prompt, seed=seed)
+
+    @torch.no_grad()
+    def encode_images(self, images: Sequence[Image.Image | str]) -> torch.Tensor:
+        size = self.visual_tokenizer.image_size
+        pil = [center_square(load_image(image), size) for image in images]
+        return self.visual_tokenizer.encode(pil_to_tensor(pil).to(self.device)).cpu()
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor, batch_size: int = 64) -> list[Image.Image]:
+        images = []
+        for chunk in codes.split(batch_size):
+            images += tensor_to_pil(self.visual_tokenizer.decode(chunk.to(self.device)))
+        return images
+
+    # ---- the sampler -----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_codes(self, cond: list[list[int]], uncond: list[list[int]] | None, config: SamplingConfig,
+                     progress: bool = False) -> torch.Tensor:
+        """Sample `config.num_images` images per conditional prompt (token-id lists ending in image_start)."""
+        self._check_lengths(cond + (uncond or []))
+        rows = [(prompt, index) for prompt in range(len(cond)) for index in range(config.num_images)]
+        out = torch.empty(len(rows), self.num_tokens, dtype=torch.long)
+        batches = range(0, len(rows), config.batch_size)
+        for start in tqdm(batches, desc="sampling", unit="batch", disable=not progress or len(batches) < 2):
+            batch = rows[start:start + config.batch_size]
+            cond_ids = [cond[prompt] for prompt, _ in batch]
+            uncond_ids = [uncond[prompt] for prompt, _ in batch] if config.guided and uncond else None
+            generators = [self._generator(config.seed + start + offset) for offset in range(len(batch))]
+            out[start:start + len(batch)] = self._sample_batch(cond_ids, uncond_ids, config, generators).cpu()
+        return out
+
+    def _sample_batch(self, cond: list[list[int]], uncond: list[list[int]] | None, config: SamplingConfig,
+                      generators: list[torch.Generator]) -> torch.Tensor:
+        batch = len(cond)
+        input_ids, attention_mask = self._left_pad(cond + (uncond or []))
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+        out = self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        use_cache=True)
+        cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
+        next_position = position_ids[:, -1:] + 1
+        codes = torch.empty(batch, self.num_tokens, dtype=torch.long, device=self.device)
+        for step in range(self.num_tokens):
+            logits = self.head(hidden)
+            if uncond is not None:
+                cond_logits, uncond_logits = logits[:batch], logits[batch:]
+                logits = uncond_logits + config.cfg_scale * (cond_logits - uncond_logits)
+            codes[:, step] = self._pick(logits, config, generators)
+            if step == self.num_tokens - 1:
+                break
+            token = codes[:, step] + self.vocab.first_code_id
+            token = token.repeat(2) if uncond is not None else token  # both branches see the sampled code
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(token), 1)], dim=1)
+            out = self.body(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
+                            past_key_values=cache, use_cache=True)
+            cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
+            next_position = next_position + 1
+        return codes
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, config: SamplingConfig, generators: list[torch.Generator]) -> torch.Tensor:
+        if config.temperature == 0:
+            return logits.argmax(-1)
+        scores = logits / config.temperature
+        if config.top_k:
+            scores = TopKLogitsWarper(config.top_k)(None, scores)
+        if config.top_p < 1:
+            scores = TopPLogitsWarper(config.top_p)(None, scores)
+        probs = scores.softmax(-1)
+        return torch.cat([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators, strict=True)])
+
+    # ---- helpers ---------------------------------------------------------------------------------------------
+
+    def _settle(self, config: SamplingConfig | None, overrides: dict) -> SamplingConfig:
+        config = replace(config, **overrides) if config is not None else self.config(**overrides)
+        if config.image_size is not None and config.image_size != self.visual_tokenizer.image_size:
+            raise UserError(f"image_size {config.image_size} does not match the visual tokenizer, which makes "
+                            f"{self.visual_tokenizer.image_size}x{self.visual_tokenizer.image_size} images")
+        return config
+
+    def _check_lengths(self, prompts: list[list[int]]) -> None:
+        if not prompts:
+            raise UserError("no prompts given")
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        longest = max(len(p) for p in prompts)
+        if limit and longest + self.num_tokens > limit:
+            raise UserError(f"the longest prompt has {longest} tokens; with {self.num_tokens} image tokens that "
+                            f"exceeds the model's {limit} positions: shorten the prompt")
+
+    def _left_pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            ids[row, width - len(sequence):] = torch.tensor(sequence)
+            mask[row, width - len(sequence):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    @staticmethod
+    def _group(images: list[Image.Image], per_prompt: int) -> list[list[Image.Image]]:
+        return [images[i:i + per_prompt] for i in range(0, len(images), per_prompt)]
+
+
+def _as_list(prompts: str | Sequence[str]) -> list[str]:
+    return [prompts] if isinstance(prompts, str) else list(prompts)
