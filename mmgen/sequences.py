@@ -71,6 +71,24 @@ class PromptBuilder:
     def understanding(self, codes: torch.Tensor | list[int], question: str) -> list[int]:
         return self._prefix + self.image_ids(codes) + self.wrap_text(question)
 
+    # ---- training examples: {"input_ids", "completion_mask"}, the loss falls on the completion only ----------
+
+    def text_to_image_example(self, caption: str | None, codes: torch.Tensor | list[int]) -> dict[str, list[int]]:
+        """`caption=None` is the caption-dropped example that teaches the unconditional branch of CFG."""
+        return _example(self.text_to_image(caption), self._image_completion(codes))
+
+    def edit_example(self, source_codes: torch.Tensor | list[int], instruction: str | None,
+                     target_codes: torch.Tensor | list[int]) -> dict[str, list[int]]:
+        return _example(self.edit(source_codes, instruction), self._image_completion(target_codes))
+
+    def understanding_example(self, codes: torch.Tensor | list[int], question: str,
+                              answer: str) -> dict[str, list[int]]:
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        return _example(self.understanding(codes, question), self.text_ids(answer) + eos)
+
+    def _image_completion(self, codes: torch.Tensor | list[int]) -> list[int]:
+        return self.vocab.codes_to_ids(torch.as_tensor(codes)).tolist() + [self.vocab.end_id]
+
     def _special_prefix(self) -> list[int]:
         with_special = self.tokenizer("x", add_special_tokens=True)["input_ids"]
         without = self.tokenizer("x", add_special_tokens=False)["input_ids"]
@@ -88,6 +106,10 @@ class PromptBuilder:
         if before_ids[:len(self._prefix)] == self._prefix:
             before_ids = before_ids[len(self._prefix):]
         return before_ids, self.tokenizer(after, add_special_tokens=False)["input_ids"]
+
+
+def _example(prompt: list[int], completion: list[int]) -> dict[str, list[int]]:
+    return {"input_ids": prompt + completion, "completion_mask": [0] * len(prompt) + [1] * len(completion)}
 
 
 def _find(haystack: list[int], needle: list[int]) -> int | None:

@@ -150,3 +150,22 @@ def test_prefix_follows_the_tokenizer_bos_convention(text_tokenizer_factory):
     assert PromptBuilder(tokenizer, vocab).text_to_image(None) == [bos, vocab.start_id]
     with pytest.raises(UserError, match="needs a tokenizer with a chat template"):
         PromptBuilder(tokenizer, vocab, "chat")
+
+
+def test_training_examples_put_the_loss_on_the_completion(text_tokenizer_factory):
+    tokenizer = text_tokenizer_factory()
+    vocab = extend_vocabulary(tiny("llama", tokenizer), tokenizer, CODEBOOK)
+    prompts = PromptBuilder(tokenizer, vocab)
+    codes = [1, 2, 3]
+    t2i = prompts.text_to_image_example("a red circle", codes)
+    completion = [vocab.first_code_id + 1, vocab.first_code_id + 2, vocab.first_code_id + 3, vocab.end_id]
+    assert t2i["input_ids"] == prompts.text_to_image("a red circle") + completion
+    assert t2i["completion_mask"] == [0] * (len(t2i["input_ids"]) - 4) + [1] * 4
+    assert prompts.text_to_image_example(None, codes)["input_ids"] == [vocab.start_id] + completion
+    edit = prompts.edit_example([0, 0, 0], "make it blue", codes)
+    assert edit["input_ids"][:5] == [vocab.start_id] + [vocab.first_code_id] * 3 + [vocab.end_id]
+    assert sum(edit["completion_mask"]) == 4 and edit["input_ids"][-4:] == completion
+    answer = prompts.understanding_example(codes, "what shape?", "a circle")
+    n = len(prompts.text_ids("a circle")) + 1
+    assert answer["input_ids"][-1] == tokenizer.eos_token_id and sum(answer["completion_mask"]) == n
+    assert answer["completion_mask"][-n:] == [1] * n
