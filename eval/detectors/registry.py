@@ -53,6 +53,19 @@ def check_color_classifier_spec(spec: str) -> None:
     _check(*parse_spec(spec, COLOR_CLASSIFIER_KINDS, "colour classifier"))
 
 
+def detector_classnames(spec: str) -> tuple[str, ...]:
+    """The classes `load_detector(spec)` detects (default options), without loading weights: so a caller can check
+    a prompt file against them before generating. The model-backed detectors query GenEval's 80 object names."""
+    kind, _ = parse_spec(spec, DETECTOR_KINDS, "detector")
+    if kind == "shapes":
+        from .shapes import ShapesDetector
+
+        return tuple(ShapesDetector.classnames)
+    from mmgen.eval.geneval.object_names import GENEVAL_OBJECT_NAMES
+
+    return GENEVAL_OBJECT_NAMES
+
+
 def load_detector(spec: str, **options) -> Detector:
     """A detector from its spec; `options` go to its constructor (device, classnames, min_score, nms_iou...)."""
     kind, path = parse_spec(spec, DETECTOR_KINDS, "detector")

@@ -303,6 +303,8 @@ def _placed_template(shape: str, area: float, centroid: tuple[float, float], xs:
     # Rasterisation grows a shape by a fraction of a pixel and shifts it by half a subpixel: one correction step
     # gives the template the observed area and centroid exactly.
     drawn = template.sum()
+    if drawn == 0:  # a shape too small to cover any subpixel (noise blobs): no correction possible
+        return cx, cy, r, template
     r *= math.sqrt(area / drawn)
     cx += centroid[0] - (template * xs).sum() / drawn
     cy += centroid[1] - (template * ys).sum() / drawn

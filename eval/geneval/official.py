@@ -82,6 +82,14 @@ def run_official_geneval(image_dir: str | os.PathLike, script: str | os.PathLike
 def _check_inputs(image_dir: Path, script: Path, model_path: Path, python: str, model_config: str | None,
                   options: dict[str, str]) -> None:
     iter_geneval_folder(image_dir)  # raises unless it holds prompt folders
+    check_official_setup(script, model_path, python, model_config, options)
+
+
+def check_official_setup(script: str | os.PathLike, model_path: str | os.PathLike, python: str = sys.executable,
+                         model_config: str | None = None, options: dict[str, str] | None = None) -> None:
+    """Check the official script, interpreter and detector folder exist, without running anything: a caller can
+    fail in seconds, before generating the images the script is to score."""
+    script, model_path, options = Path(script), Path(model_path), options or {}
     if not script.is_file():
         raise UserError(f"{script}: no such file; expected the official GenEval script "
                         "(<geneval checkout>/evaluation/evaluate_images.py)")
