@@ -120,9 +120,11 @@ class CodeHead:
 class ImageGenerator:
     """Text-to-image and editing from a unified checkpoint. `generate(prompts)` returns images per prompt."""
 
-    def __init__(self, unified: UnifiedModel):
+    def __init__(self, unified: UnifiedModel, merge_adapter: bool = True):
+        """`merge_adapter=False` samples through a LoRA-wrapped model as it is (e.g. mid-training, where merging
+        would alter the weights being trained)."""
         model = unified.model
-        if hasattr(model, "merge_and_unload"):  # a LoRA adapter: merged once, sampling then costs no extra matmuls
+        if merge_adapter and hasattr(model, "merge_and_unload"):  # merged once: sampling pays no LoRA matmuls
             model = model.merge_and_unload()
         self.unified = unified
         self.model = model.eval()

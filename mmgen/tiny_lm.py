@@ -103,3 +103,14 @@ def save_tiny_lm(
     model.save_pretrained(out_dir)  # safetensors by default
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+# The demo's LLM: about 7M parameters, big enough to learn the shapes world's image language in minutes on CPU.
+DEMO_LM = dict(vocab_size=1000, hidden_size=256, num_layers=6, num_heads=8, num_kv_heads=4)
+
+
+def save_demo_lm(out_dir: str | Path, family: str = "llama", seed: int = 0) -> Path:
+    """The demo-sized tiny LM, with a BPE vocabulary trained on shapes-world text."""
+    from mmgen.data_engine.shapes.corpus import text_corpus
+
+    return save_tiny_lm(out_dir, family, text_corpus(num=4000, seed=seed), seed=seed, **DEMO_LM)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(verbs) -> None:
     init = verbs.add_parser("init", help="extend an LLM's vocabulary with image tokens: write a unified checkpoint",
                             description="Add <|image_start|>, <|image_end|> and one token per visual code to a "
                             "local Hugging Face causal LM and save the unified checkpoint.")
-    init.add_argument("--base", required=True, help="base LLM directory (Hugging Face format, safetensors)")
+    base = init.add_mutually_exclusive_group(required=True)
+    base.add_argument("--base", help="base LLM directory (Hugging Face format, safetensors)")
+    base.add_argument("--tiny-llm", metavar="FAMILY",
+                      help="build the demo-sized tiny LLM of this family (llama, qwen2, qwen3, mistral, gemma2, "
+                      "gemma3, phi3) from config instead: no weights needed")
     init.add_argument("--tokenizer", required=True, help="visual tokenizer directory (mmgen or diffusers VQModel)")
     init.add_argument("--out", required=True, help="output directory for the unified checkpoint")
     init.add_argument("--init", default="mean", choices=["mean", "codebook", "random"],
@@ -71,11 +76,19 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_init(args) -> int:
-    from mmgen.checkpoint import init_unified, read_meta
+    import tempfile
 
-    out = init_unified(args.base, args.tokenizer, args.out, init=args.init, prompt_format=args.prompt_format,
-                       pad_to_multiple_of=args.pad_to_multiple_of, seed=args.seed,
-                       trust_remote_code=args.trust_remote_code)
+    from mmgen.checkpoint import init_unified, read_meta
+    from mmgen.errors import UserError
+    from mmgen.tiny_lm import FAMILIES, save_demo_lm
+
+    if args.tiny_llm and args.tiny_llm not in FAMILIES:
+        raise UserError(f"unknown --tiny-llm family {args.tiny_llm!r}; choose one of {', '.join(FAMILIES)}")
+    with tempfile.TemporaryDirectory() as scratch:
+        base = args.base or save_demo_lm(Path(scratch) / "tiny-llm", args.tiny_llm, seed=args.seed)
+        out = init_unified(base, args.tokenizer, args.out, init=args.init, prompt_format=args.prompt_format,
+                           pad_to_multiple_of=args.pad_to_multiple_of, seed=args.seed,
+                           trust_remote_code=args.trust_remote_code)
     meta = read_meta(out)
     tokens = meta["image_tokens"]
     print(f"unified checkpoint: {out} ({tokens['codebook_size']} code tokens from id {tokens['first_code_id']}, "

@@ -55,6 +55,12 @@ def run_tokenizer_train(args) -> int:
     from mmgen.train.tokenizer import TokenizerRecipe, train_tokenizer
 
     recipe = load_config(TokenizerRecipe, args.recipe, args.overrides)
+    if getattr(args, "dry_run", False):
+        from mmgen.config import config_to_yaml
+
+        print(config_to_yaml(recipe), end="")
+        print(f"recipe OK: {args.recipe}")
+        return 0
     final = train_tokenizer(recipe)
     print(f"tokenizer saved to {final}")
     return 0

@@ -7,12 +7,37 @@ from mmgen.cli.tokenizer import add_recipe_arguments, run_tokenizer_train
 
 def add_parser(verbs) -> None:
     train = verbs.add_parser("train", help="run a training recipe (the recipe's `stage` picks the trainer)",
-                             description="Run a training recipe. Stages in this version: tokenizer.")
+                             description="Run a training recipe. Stages: tokenizer, sft. Under torchrun or "
+                             "accelerate launch, every process runs the same command.")
     add_recipe_arguments(train)
+    train.add_argument("--dry-run", action="store_true",
+                       help="load and check the recipe (keys, types, paths), print it, and stop")
     train.set_defaults(handler=_run_train)
 
 
-TRAINING_STAGES = {"tokenizer": run_tokenizer_train}
+def run_sft_train(args) -> int:
+    from mmgen.config import config_to_yaml, load_config
+    from mmgen.errors import UserError
+    from mmgen.train.sft import SFTRecipe, check_requirements
+
+    recipe = load_config(SFTRecipe, args.recipe, args.overrides)  # keys, types and paths are checked here
+    if getattr(args, "dry_run", False):
+        print(config_to_yaml(recipe), end="")
+        try:
+            check_requirements(recipe)
+        except UserError as problem:  # the recipe is valid; this machine cannot run it
+            print(f"note: on this machine: {problem}")
+        print(f"recipe OK: {args.recipe}")
+        return 0
+    check_requirements(recipe)
+    from mmgen.train.sft import train_sft
+
+    final = train_sft(recipe)
+    print(f"unified checkpoint saved to {final}")
+    return 0
+
+
+TRAINING_STAGES = {"tokenizer": run_tokenizer_train, "sft": run_sft_train}
 
 
 def _run_train(args) -> int:

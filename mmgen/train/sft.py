@@ -1,0 +1,379 @@
+"""SFT stage: TRL's `SFTTrainer` on a pre-tokenized dataset (`mmgen data build`), full / LoRA / QLoRA.
+
+The dataset already holds `input_ids` and `completion_mask` (design doc, "Sequences"), so TRL skips its own
+tokenization and puts the loss on the completion (the image span, or the answer). This module adds what TRL does
+not know about: loading a unified checkpoint, LoRA that trains only the *new* image-token rows of the embedding
+table and LM head (the text rows stay bit-identical), resuming from the newest complete checkpoint, sample image
+grids for fixed prompts while training, and writing a unified checkpoint at the end.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback, set_seed
+
+from mmgen.checkpoint import ADAPTER_DIR, UnifiedModel, load_causal_lm, load_unified, read_meta, save_unified
+from mmgen.config import must_exist
+from mmgen.errors import UserError
+from mmgen.runtime import DTYPES, pick_attn_implementation
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("full", "lora", "qlora")
+OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
+REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
+LLM_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(LLM_LINEAR_LAYERS))
+    # Train the image-token rows of embed_tokens / lm_head (the text rows stay frozen by a gradient mask).
+    train_new_rows: bool = True
+
+
+@dataclass
+class SFTTrainingConfig:
+    max_steps: int = 1000
+    batch_size: int = 16  # per device
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-4
+    lr_scheduler: str = "cosine"
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "bf16"  # "fp32", "bf16" or "fp16" (CUDA only)
+    gradient_checkpointing: bool = False
+    optimizer: str = "adamw"  # "adamw", "adamw_8bit" / "paged_adamw_8bit" (bitsandbytes)
+    attn_implementation: str = "auto"  # "auto": flash-attn on CUDA when installed, else sdpa
+    seed: int = 0
+    logging_steps: int = 10
+    save_steps: int = 200
+    save_total_limit: int = 2
+    eval_steps: int = 200
+    report_to: str = "none"  # "none", "tensorboard", "trackio", "wandb"
+    dataloader_num_workers: int = 0
+
+    def __post_init__(self):
+        if self.mixed_precision not in DTYPES:
+            raise ValueError(f"training.mixed_precision must be one of {', '.join(DTYPES)}, got "
+                             f"{self.mixed_precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"training.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.report_to not in REPORT_TO:
+            raise ValueError(f"training.report_to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps",
+                     "eval_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class SampleSettings:
+    """Image grids for fixed prompts, written at every evaluation: the fastest way to see training work."""
+
+    prompts: list[str] = field(default_factory=list)
+    num_images: int = 2
+    cfg_scale: float = 3.0
+    temperature: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+
+
+@dataclass
+class SFTRecipe:
+    stage: str = "sft"
+    model: str = must_exist("???")  # unified checkpoint (`mmgen init`)
+    data: str = must_exist("???")  # pre-tokenized dataset (`mmgen data build`), with train/eval splits
+    output_dir: str = "runs/sft"
+    method: str = "lora"  # "full", "lora" or "qlora" (4-bit base, CUDA + bitsandbytes)
+    save: str = "merged"  # LoRA/QLoRA: "merged" weights or the base + "adapter"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    training: SFTTrainingConfig = field(default_factory=SFTTrainingConfig)
+    samples: SampleSettings = field(default_factory=SampleSettings)
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if self.stage != "sft":
+            raise ValueError(f"stage must be 'sft' for this recipe, got {self.stage!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.save not in ("merged", "adapter"):
+            raise ValueError(f"save must be 'merged' or 'adapter', got {self.save!r}")
+
+
+# ---- entry point ---------------------------------------------------------------------------------------------
+
+
+def train_sft(recipe: SFTRecipe, callbacks: list[TrainerCallback] | None = None) -> Path:
+    """Run (or resume) SFT; returns the final unified checkpoint directory `<output_dir>/model`."""
+    from datasets import load_from_disk
+
+    output_dir = Path(recipe.output_dir)
+    meta = read_meta(recipe.model)
+    check_requirements(recipe)
+    dataset = load_from_disk(recipe.data)
+    check_dataset(dataset, recipe.data, meta)
+    unified = load_unified(recipe.model)  # tokenizer, vocab, visual tokenizer; the LM is reloaded below
+    set_seed(recipe.training.seed)  # LoRA's random init happens before the Trainer seeds anything
+    model = load_model_for_training(recipe, unified)
+    trainer = build_trainer(recipe, model, unified, dataset, callbacks or [])
+    resume = latest_complete_checkpoint(output_dir / "checkpoints")
+    if resume:
+        logger.warning("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if trainer.is_world_process_zero():
+        write_final_checkpoint(recipe, trainer.model, unified, output_dir / "model")
+    trainer.accelerator.wait_for_everyone()
+    return output_dir / "model"
+
+
+def check_requirements(recipe: SFTRecipe) -> None:
+    """Refuse GPU-only options up front, with the fallback in the message."""
+    cuda = torch.cuda.is_available()
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    if recipe.method == "qlora" and not (cuda and has_bnb):
+        missing = "a CUDA GPU" if not cuda else "bitsandbytes (pip install 'mmgen-kit[bitsandbytes]')"
+        raise UserError(f"method qlora (4-bit base weights) needs {missing}; use method: lora on this machine")
+    if recipe.training.optimizer != "adamw" and not has_bnb:
+        raise UserError(f"optimizer {recipe.training.optimizer} needs bitsandbytes "
+                        "(pip install 'mmgen-kit[bitsandbytes]'); use optimizer: adamw")
+    if recipe.training.mixed_precision == "fp16" and not cuda:
+        raise UserError("mixed_precision fp16 needs CUDA; use bf16 (fast on recent CPUs) or fp32")
+
+
+def check_dataset(dataset, path: str, meta: dict) -> None:
+    """The data must be built for this model's image tokens, with the columns SFT reads."""
+    splits = set(dataset.keys()) if hasattr(dataset, "keys") else set()
+    if "train" not in splits:
+        raise UserError(f"{path} has no 'train' split; build it with `mmgen data build`")
+    missing = {"input_ids", "completion_mask"} - set(dataset["train"].column_names)
+    if missing:
+        raise UserError(f"{path} misses the columns {', '.join(sorted(missing))}; build it with `mmgen data build`")
+    info_file = Path(path) / "build_info.json"
+    if info_file.is_file():
+        info = json.loads(info_file.read_text())
+        if info.get("image_tokens") != meta["image_tokens"] or info.get("tokens_per_image") != meta[
+                "tokens_per_image"]:
+            raise UserError(f"{path} was built for other image tokens than {meta.get('base_model', 'this model')} "
+                            "has (see build_info.json vs mmgen.json); rebuild the data with this model")
+
+
+# ---- model ---------------------------------------------------------------------------------------------------
+
+
+def load_model_for_training(recipe: SFTRecipe, unified: UnifiedModel):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    attn = pick_attn_implementation(recipe.training.attn_implementation, device)
+    if recipe.method == "qlora":
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                          bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(recipe.model, local_files_only=True, use_safetensors=True,
+                                                     quantization_config=quantization, attn_implementation=attn,
+                                                     trust_remote_code=recipe.trust_remote_code)
+    else:
+        # Master weights in fp32; bf16 comes from autocast (the Trainer's bf16=True).
+        model = load_causal_lm(Path(recipe.model), torch.device("cpu"), "fp32", attn, recipe.trust_remote_code)
+    if recipe.method == "full":
+        return model
+    return add_lora(model, recipe, unified.vocab.start_id)
+
+
+def add_lora(model, recipe: SFTRecipe, first_new_row: int):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if recipe.method == "qlora":
+        model = prepare_model_for_kbit_training(model, recipe.training.gradient_checkpointing)
+    settings = recipe.lora
+    tied = model.get_input_embeddings().weight is model.get_output_embeddings().weight
+    row_tables = ["embed_tokens", "lm_head"] if settings.train_new_rows else None
+    # With tied embeddings, peft keeps the two trainable copies tied too (one table, as in the base model).
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=settings.target_modules, modules_to_save=row_tables, task_type="CAUSAL_LM",
+                        ensure_weight_tying=tied)
+    model = get_peft_model(model, config)
+    if settings.train_new_rows:
+        freeze_text_rows(model, first_new_row)
+    return model
+
+
+def freeze_text_rows(model, first_new_row: int) -> list[torch.nn.Parameter]:
+    """Zero the gradient of every row below `first_new_row` in the trainable embedding / LM-head copies.
+
+    peft's `modules_to_save` trains whole tables; with this mask (and no weight decay on them, see
+    `MMGenSFTTrainer`) the text rows never move, so the model's text behaviour is exactly the base model's.
+    """
+    tables = [p for name, p in model.named_parameters() if p.requires_grad and "modules_to_save" in name
+              and p.dim() == 2 and p.shape[0] > first_new_row]
+    if not tables:
+        raise RuntimeError("no trainable embedding table found to mask; check lora.train_new_rows")
+    for table in tables:
+        mask = torch.zeros(table.shape[0], 1, dtype=table.dtype, device=table.device)
+        mask[first_new_row:] = 1
+        table.register_hook(lambda grad, mask=mask: grad * mask.to(grad.dtype))
+    return tables
+
+
+# ---- trainer -------------------------------------------------------------------------------------------------
+
+
+def _trainer_class():
+    from trl import SFTTrainer
+
+    class MMGenSFTTrainer(SFTTrainer):
+        """TRL's SFTTrainer; embedding tables trained through `modules_to_save` get no weight decay, which would
+        otherwise shrink the frozen text rows even though their gradient is zero."""
+
+        def get_decay_parameter_names(self, model) -> list[str]:
+            return [name for name in super().get_decay_parameter_names(model) if "modules_to_save" not in name]
+
+    return MMGenSFTTrainer
+
+
+def build_trainer(recipe: SFTRecipe, model, unified: UnifiedModel, dataset, extra_callbacks=()):
+    from trl import SFTConfig
+
+    t = recipe.training
+    output_dir = Path(recipe.output_dir)
+    cpu = not torch.cuda.is_available()
+    has_eval = "eval" in dataset and len(dataset["eval"]) > 0
+    config = SFTConfig(
+        output_dir=str(output_dir / "checkpoints"),
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        bf16=t.mixed_precision == "bf16",
+        fp16=t.mixed_precision == "fp16",
+        use_cpu=cpu,
+        gradient_checkpointing=t.gradient_checkpointing,
+        optim=OPTIMIZERS[t.optimizer],
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=t.eval_steps,
+        report_to=[] if t.report_to == "none" else [t.report_to],
+        dataloader_num_workers=t.dataloader_num_workers,
+        completion_only_loss=True,
+        max_length=None,  # sequences were length-checked by `mmgen data build`; never truncate an image span
+        dataset_num_proc=None,
+        remove_unused_columns=True,
+        save_only_model=False,
+        disable_tqdm=False,
+    )
+    callbacks = [SampleGridCallback(recipe, unified, output_dir / "samples")] if recipe.samples.prompts else []
+    return _trainer_class()(
+        model=model,
+        args=config,
+        train_dataset=dataset["train"].select_columns(["input_ids", "completion_mask"]),
+        eval_dataset=dataset["eval"].select_columns(["input_ids", "completion_mask"]) if has_eval else None,
+        processing_class=unified.tokenizer,
+        callbacks=callbacks + list(extra_callbacks),
+    )
+
+
+def latest_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest `checkpoint-N` whose trainer_state.json exists (the Trainer writes it last).
+
+    A checkpoint without it was cut short by a kill: it is moved aside so nothing ever resumes from it.
+    """
+    if not checkpoints.is_dir():
+        return None
+    found = sorted((p for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]))
+    for candidate in reversed(found):
+        if (candidate / "trainer_state.json").is_file():
+            return candidate
+        logger.warning("removing incomplete checkpoint %s (killed while saving)", candidate)
+        shutil.rmtree(candidate, ignore_errors=True)
+    return None
+
+
+class SampleGridCallback(TrainerCallback):
+    """At every evaluation (and at the end), sample the recipe's prompts and save a grid per step."""
+
+    def __init__(self, recipe: SFTRecipe, unified: UnifiedModel, out_dir: Path):
+        self.settings = recipe.samples
+        self.unified = unified
+        self.out_dir = out_dir
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and model is not None:
+            self.write_grid(model, state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and model is not None and not (self.out_dir / _grid_name(
+                state.global_step)).exists():
+            self.write_grid(model, state.global_step)
+
+    @torch.no_grad()
+    def write_grid(self, model, step: int) -> Path:
+        from mmgen.images import make_grid
+        from mmgen.sampling import ImageGenerator
+
+        was_training = model.training
+        current = UnifiedModel(model, self.unified.tokenizer, self.unified.vocab, self.unified.visual_tokenizer,
+                               self.unified.meta)
+        s = self.settings
+        try:
+            with torch.autocast(next(model.parameters()).device.type, enabled=False):
+                images = ImageGenerator(current, merge_adapter=False).generate(
+                    s.prompts, num_images=s.num_images, cfg_scale=s.cfg_scale, temperature=s.temperature,
+                    top_k=s.top_k, seed=s.seed)
+        finally:
+            model.train(was_training)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / _grid_name(step)
+        make_grid([image for row in images for image in row], columns=s.num_images).save(path)
+        (self.out_dir / "prompts.json").write_text(json.dumps(s.prompts, indent=2) + "\n")
+        return path
+
+
+def _grid_name(step: int) -> str:
+    return f"step_{step:06d}.png"
+
+
+# ---- final output --------------------------------------------------------------------------------------------
+
+
+def write_final_checkpoint(recipe: SFTRecipe, model, unified: UnifiedModel, out_dir: Path) -> Path:
+    """A unified checkpoint: merged weights, or (save: adapter) the untouched base plus `adapter/`."""
+    meta = {**unified.meta, "sft": {"method": recipe.method, "data": recipe.data, "steps": recipe.training.max_steps}}
+    if recipe.method == "full":
+        return save_unified(out_dir, model, unified.tokenizer, unified.vocab, unified.visual_tokenizer, meta)
+    if recipe.save == "adapter":
+        staging = out_dir.parent / f".{out_dir.name}.adapter"
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        base = load_causal_lm(Path(recipe.model), torch.device("cpu"))
+        try:
+            return save_unified(out_dir, base, unified.tokenizer, unified.vocab, unified.visual_tokenizer,
+                                {**meta, "adapter": ADAPTER_DIR}, adapter_dir=staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    if recipe.method == "qlora":
+        raise UserError("save: merged is not supported for qlora (4-bit weights); use save: adapter and "
+                        "`mmgen export` on a machine that can load the base in bf16")
+    merged = model.merge_and_unload()
+    return save_unified(out_dir, merged, unified.tokenizer, unified.vocab, unified.visual_tokenizer, meta)

@@ -1,0 +1,128 @@
+"""SFT stage on TRL: LoRA trains only LoRA weights and the new image rows; full FT learns; resume; errors."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from mmgen.checkpoint import load_unified, read_meta
+from mmgen.config import load_config
+from mmgen.errors import UserError
+from mmgen.train.sft import SFTRecipe, latest_complete_checkpoint, train_sft
+
+COLORS = {"red": 5, "blue": 9, "green": 17, "yellow": 33}
+
+
+@pytest.fixture(scope="module")
+def sft_data(unified_dir, tmp_path_factory):
+    """A learnable toy task: the caption's colour word fixes every code of the image."""
+    from datasets import Dataset, DatasetDict
+
+    unified = load_unified(unified_dir)
+    prompts = unified.prompts
+    rows = []
+    for i in range(64):
+        color = list(COLORS)[i % len(COLORS)]
+        codes = [COLORS[color]] * unified.num_image_tokens
+        caption = None if i % 10 == 9 else f"a {color} circle"
+        rows.append({**prompts.text_to_image_example(caption, codes), "task": "t2i"})
+    out = tmp_path_factory.mktemp("sft-data") / "data"
+    DatasetDict({"train": Dataset.from_list(rows[:56]), "eval": Dataset.from_list(rows[56:])}).save_to_disk(out)
+    meta = read_meta(unified_dir)
+    (out / "build_info.json").write_text(json.dumps({"image_tokens": meta["image_tokens"],
+                                                     "tokens_per_image": meta["tokens_per_image"]}))
+    return out
+
+
+def recipe(unified_dir, data, out, **overrides):
+    base = [f"model={unified_dir}", f"data={data}", f"output_dir={out}", "training.max_steps=6",
+            "training.batch_size=8", "training.learning_rate=5e-3", "training.warmup_steps=0",
+            "training.logging_steps=1", "training.save_steps=3", "training.eval_steps=3",
+            "training.mixed_precision=fp32", "lora.r=4", "lora.alpha=8"]
+    return load_config(SFTRecipe, None, base + [f"{k}={v}" for k, v in overrides.items()])
+
+
+def test_lora_changes_only_lora_weights_and_new_image_rows(unified_dir, sft_data, tmp_path):
+    final = train_sft(recipe(unified_dir, sft_data, tmp_path / "run", save="adapter"))
+    meta = read_meta(final)
+    start = meta["image_tokens"]["start_id"]
+    adapter = load_file(final / "adapter" / "adapter_model.safetensors")
+    base = load_file(unified_dir / "model.safetensors")
+    lora = {k: v for k, v in adapter.items() if "lora_" in k}
+    tables = {k: v for k, v in adapter.items() if "lora_" not in k}
+    assert lora and all(v.abs().sum() > 0 for v in lora.values())
+    assert {k.split(".")[-2] for k in tables} <= {"embed_tokens", "lm_head"} and tables
+    for name, trained in tables.items():
+        base_name = name.removeprefix("base_model.model.")
+        original = base.get(base_name, base["model.embed_tokens.weight"])  # a tied lm_head is the embedding
+        assert torch.equal(trained[:start], original[:start]), f"text rows of {name} moved"
+        assert not torch.equal(trained[start:], original[start:]), f"image rows of {name} did not train"
+    # The base weights shipped next to the adapter are the untouched base.
+    assert all(torch.equal(v, base[k]) for k, v in load_file(final / "model.safetensors").items())
+
+
+def test_full_finetune_learns_and_writes_a_loadable_unified_checkpoint(unified_dir, sft_data, tmp_path):
+    out = tmp_path / "run"
+    final = train_sft(recipe(unified_dir, sft_data, out, method="full", **{
+        "training.max_steps": 30, "training.learning_rate": 1e-2, "training.eval_steps": 10,
+        "training.save_steps": 15, "samples.prompts": "[a red circle]"}))
+    state = json.loads((out / "checkpoints" / "checkpoint-30" / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert losses[-1] < 0.5 * losses[0]
+    assert any("eval_loss" in entry for entry in state["log_history"])
+    AutoModelForCausalLM.from_pretrained(final)  # plain transformers
+    assert read_meta(final)["sft"]["method"] == "full"
+    assert sorted(p.name for p in (out / "samples").glob("*.png")) == ["step_000010.png", "step_000020.png",
+                                                                       "step_000030.png"]
+    from mmgen.sampling import ImageGenerator
+
+    codes = ImageGenerator.from_pretrained(final).generate_codes(["a blue circle"], temperature=0)
+    assert (codes == COLORS["blue"]).float().mean() > 0.9  # it learned the task
+
+
+class StopAfter(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(unified_dir, sft_data, tmp_path):
+    whole = train_sft(recipe(unified_dir, sft_data, tmp_path / "whole"))
+    cut = recipe(unified_dir, sft_data, tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(cut, callbacks=[StopAfter(4)])
+    assert latest_complete_checkpoint(tmp_path / "cut" / "checkpoints").name == "checkpoint-3"
+    (tmp_path / "cut" / "checkpoints" / "checkpoint-5").mkdir()  # a checkpoint killed mid-save
+    resumed = train_sft(cut)
+    assert not (tmp_path / "cut" / "checkpoints" / "checkpoint-5").exists()
+    state = json.loads((tmp_path / "cut" / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4, 5, 6]
+    a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def test_gpu_only_options_fail_clearly_on_cpu(unified_dir, sft_data, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only check")
+    with pytest.raises(UserError, match="qlora .* needs a CUDA GPU; use method: lora"):
+        train_sft(recipe(unified_dir, sft_data, tmp_path, method="qlora"))
+    with pytest.raises(UserError, match="fp16 needs CUDA"):
+        train_sft(recipe(unified_dir, sft_data, tmp_path, **{"training.mixed_precision": "fp16"}))
+
+
+def test_data_built_for_another_model_is_refused(unified_dir, sft_data, tmp_path):
+    import shutil
+
+    other = tmp_path / "data"
+    shutil.copytree(sft_data, other)
+    info = json.loads((other / "build_info.json").read_text())
+    info["tokens_per_image"] += 1
+    (other / "build_info.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match="built for other image tokens"):
+        train_sft(recipe(unified_dir, other, tmp_path / "run"))
