@@ -6,7 +6,9 @@ uncond rows share one batched forward, and during the image span the LM head is 
 each step costs one forward of the transformer body plus a `[rows, hidden] x [hidden, codebook]` product.
 Exactly `tokens_per_image` codes are drawn; `<|image_end|>` follows by construction.
 
-Every image has its own random stream (seed + image index), so an image does not change with the batch size.
+Every image has its own random stream (seed + image index), so an image does not depend on which batch it lands
+in, up to float noise: a different batch mix changes the left padding, which can shift logits by ~1e-6 and, rarely,
+flip a sampled code. Same settings and same batching reproduce images exactly.
 """
 
 from __future__ import annotations

@@ -126,3 +126,28 @@ def test_data_built_for_another_model_is_refused(unified_dir, sft_data, tmp_path
     (other / "build_info.json").write_text(json.dumps(info))
     with pytest.raises(UserError, match="built for other image tokens"):
         train_sft(recipe(unified_dir, other, tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_keeps_ranks_identical(unified_dir, sft_data, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    overrides = [f"model={unified_dir}", f"data={sft_data}", f"output_dir={tmp_path / 'run'}", "training.max_steps=4",
+                 "training.batch_size=4", "training.save_steps=4", "training.eval_steps=4",
+                 "training.mixed_precision=fp32", "method=full"]
+    worker = Path(__file__).with_name("ddp_sft_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", "29517", str(worker), str(tmp_path), *overrides],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2] and [r["step"] for r in ranks] == [4, 4]
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    base = AutoModelForCausalLM.from_pretrained(unified_dir)
+    assert any(abs(float(p.detach().double().sum()) - ranks[0]["weights"][n]) > 1e-6
+               for n, p in base.named_parameters())
+    AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")  # rank 0 wrote the final checkpoint
