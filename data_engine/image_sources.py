@@ -86,7 +86,7 @@ class DatasetImageSource:
         import datasets
 
         self.path = str(path)
-        dataset = _open_dataset(self.path)
+        dataset = open_dataset(self.path)
         if column not in dataset.column_names:
             raise UserError(f"{self.path}: no column '{column}' (columns: {', '.join(dataset.column_names)})")
         if isinstance(dataset.features[column], datasets.Image):
@@ -113,13 +113,14 @@ class DatasetImageSource:
         return f"{self.path} row {index}"
 
 
-def _open_dataset(path: str):
+def open_dataset(path: str):
+    """A `datasets` directory (save_to_disk; a DatasetDict gives its train split) or parquet file(s) as a Dataset."""
     import datasets
 
     target = Path(path)
     if target.is_file() and target.suffix == ".parquet":
         return datasets.load_dataset("parquet", data_files=str(target), split="train")
-    if _is_saved_dataset(target):
+    if is_saved_dataset(target):
         loaded = datasets.load_from_disk(str(target))
         if isinstance(loaded, datasets.DatasetDict):
             return loaded["train"] if "train" in loaded else next(iter(loaded.values()))
@@ -129,7 +130,7 @@ def _open_dataset(path: str):
     raise UserError(f"{path}: not a datasets directory (save_to_disk) or parquet file")
 
 
-def _is_saved_dataset(path: Path) -> bool:
+def is_saved_dataset(path: Path) -> bool:
     """A `save_to_disk` directory: a Dataset has state.json, a DatasetDict has dataset_dict.json."""
     return path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists())
 
@@ -143,7 +144,7 @@ def open_image_source(spec: str, *, size: int, num: int = 0, seed: int = 0, colu
     path = Path(spec)
     if not path.exists():
         raise UserError(f"image source not found: {spec} (give 'shapes', an image folder, or a dataset path)")
-    if path.is_dir() and not _is_saved_dataset(path) and not any(path.glob("*.parquet")):
+    if path.is_dir() and not is_saved_dataset(path) and not any(path.glob("*.parquet")):
         return FolderImageSource(path)
     return DatasetImageSource(path, column=column)
 
