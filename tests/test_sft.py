@@ -1,6 +1,7 @@
 """SFT stage on TRL: LoRA trains only LoRA weights and the new image rows; full FT learns; resume; errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,3 +152,18 @@ def test_two_process_ddp_on_cpu_keeps_ranks_identical(unified_dir, sft_data, tmp
     assert any(abs(float(p.detach().double().sum()) - ranks[0]["weights"][n]) > 1e-6
                for n, p in base.named_parameters())
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")  # rank 0 wrote the final checkpoint
+
+
+SFT_RECIPES = sorted(str(p) for p in (Path(__file__).parents[1] / "recipes" / "sft").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe_path", SFT_RECIPES, ids=lambda p: Path(p).stem)
+def test_shipped_sft_recipes_validate_in_a_dry_run(recipe_path, unified_dir, sft_data, tmp_path, capsys):
+    from mmgen.cli import main
+
+    assert main(["train", recipe_path, f"model={unified_dir}", f"data={sft_data}", f"output_dir={tmp_path}",
+                 "--dry-run"]) == 0
+    assert f"recipe OK: {recipe_path}" in capsys.readouterr().out
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
+    assert main(["train", recipe_path, "--dry-run"]) == 2  # the weights are not on this machine: named paths
+    assert "points to a missing path" in capsys.readouterr().err
