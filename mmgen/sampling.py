@@ -210,12 +210,12 @@ class ImageGenerator:
             batch = rows[start:start + config.batch_size]
             cond_ids = [cond[prompt] for prompt, _ in batch]
             uncond_ids = [uncond[prompt] for prompt, _ in batch] if config.guided and uncond else None
-            generators = [self._generator(config.seed + start + offset) for offset in range(len(batch))]
-            out[start:start + len(batch)] = self._sample_batch(cond_ids, uncond_ids, config, generators).cpu()
+            noise = self._gumbel_noise(config, [config.seed + start + offset for offset in range(len(batch))])
+            out[start:start + len(batch)] = self._sample_batch(cond_ids, uncond_ids, config, noise).cpu()
         return out
 
     def _sample_batch(self, cond: list[list[int]], uncond: list[list[int]] | None, config: SamplingConfig,
-                      generators: list[torch.Generator]) -> torch.Tensor:
+                      noise: torch.Tensor | None) -> torch.Tensor:
         batch = len(cond)
         input_ids, attention_mask = self._left_pad(cond + (uncond or []))
         position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
@@ -229,7 +229,7 @@ class ImageGenerator:
             if uncond is not None:
                 cond_logits, uncond_logits = logits[:batch], logits[batch:]
                 logits = uncond_logits + config.cfg_scale * (cond_logits - uncond_logits)
-            codes[:, step] = self._pick(logits, config, generators)
+            codes[:, step] = self._pick(logits, config, None if noise is None else noise[:, step])
             if step == self.num_tokens - 1:
                 break
             token = codes[:, step] + self.vocab.first_code_id
@@ -242,16 +242,25 @@ class ImageGenerator:
         return codes
 
     @staticmethod
-    def _pick(logits: torch.Tensor, config: SamplingConfig, generators: list[torch.Generator]) -> torch.Tensor:
-        if config.temperature == 0:
+    def _pick(logits: torch.Tensor, config: SamplingConfig, noise: torch.Tensor | None) -> torch.Tensor:
+        """Greedy, or a categorical draw by the Gumbel-max trick: argmax(log p + g) with g ~ Gumbel(0, 1) is an
+        exact sample of p, and it needs no per-row random call inside the decoding loop."""
+        if noise is None:
             return logits.argmax(-1)
         scores = logits / config.temperature
         if config.top_k:
             scores = TopKLogitsWarper(config.top_k)(None, scores)
         if config.top_p < 1:
             scores = TopPLogitsWarper(config.top_p)(None, scores)
-        probs = scores.softmax(-1)
-        return torch.cat([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators, strict=True)])
+        return (scores.log_softmax(-1) + noise).argmax(-1)
+
+    def _gumbel_noise(self, config: SamplingConfig, seeds: list[int]) -> torch.Tensor | None:
+        """Gumbel noise `[rows, tokens_per_image, codebook]`, one random stream per image (its seed)."""
+        if config.temperature == 0:
+            return None
+        shape = (self.num_tokens, self.vocab.codebook_size)
+        uniform = torch.stack([torch.rand(shape, generator=torch.Generator().manual_seed(seed)) for seed in seeds])
+        return -torch.log(-torch.log(uniform.clamp_(1e-20, 1.0 - 1e-7))).to(self.device)
 
     # ---- helpers ---------------------------------------------------------------------------------------------
 
@@ -279,9 +288,6 @@ class ImageGenerator:
             ids[row, width - len(sequence):] = torch.tensor(sequence)
             mask[row, width - len(sequence):] = 1
         return ids.to(self.device), mask.to(self.device)
-
-    def _generator(self, seed: int) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(seed)
 
     @staticmethod
     def _group(images: list[Image.Image], per_prompt: int) -> list[list[Image.Image]]:

@@ -178,3 +178,19 @@ def test_cli_edit(unified_dir, tmp_path):
     settings = json.loads((tmp_path / "out" / "settings.json").read_text())
     assert settings["verb"] == "edit" and settings["source"] == str(source)
     assert len(list((tmp_path / "out" / "images").glob("*.png"))) == 2
+
+
+def test_gumbel_max_draws_follow_the_warped_distribution(generator):
+    """The sampler's categorical draw (Gumbel-max over log-softmax) matches softmax(logits / T), top-k applied."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 64) * 2
+    config = SamplingConfig(temperature=0.7, top_k=8)
+    draws = 20000
+    noise = -torch.log(-torch.log(torch.rand(draws, 64).clamp(1e-20, 1 - 1e-7)))
+    picks = ImageGenerator._pick(logits.expand(draws, -1), config, noise)
+    expected = torch.zeros(64)
+    top = (logits[0] / 0.7).topk(8)
+    expected[top.indices] = top.values.softmax(-1)
+    observed = torch.bincount(picks, minlength=64).float() / draws
+    assert observed[expected == 0].sum() == 0  # nothing outside the top-k
+    torch.testing.assert_close(observed, expected, atol=0.015, rtol=0)
