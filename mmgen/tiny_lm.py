@@ -105,8 +105,8 @@ def save_tiny_lm(
     return out_dir
 
 
-# The demo's LLM: about 7M parameters, big enough to learn the shapes world's image language in minutes on CPU.
-DEMO_LM = dict(vocab_size=1000, hidden_size=256, num_layers=6, num_heads=8, num_kv_heads=4)
+# The demo's LLM: about 5M parameters; three wide layers run faster per step on CPU than six narrow ones.
+DEMO_LM = dict(vocab_size=1000, hidden_size=320, num_layers=3, num_heads=8, num_kv_heads=4)
 
 
 def save_demo_lm(out_dir: str | Path, family: str = "llama", seed: int = 0) -> Path:
