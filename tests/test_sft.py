@@ -167,3 +167,39 @@ def test_shipped_sft_recipes_validate_in_a_dry_run(recipe_path, unified_dir, sft
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
     assert main(["train", recipe_path, "--dry-run"]) == 2  # the weights are not on this machine: named paths
     assert "points to a missing path" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigkilled_cli_run_resumes_with_the_same_result(unified_dir, sft_data, tmp_path):
+    """A real `mmgen train` process killed with SIGKILL after its first checkpoint; the same command resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe_file = tmp_path / "sft.yaml"
+    recipe_file.write_text(f"stage: sft\nmodel: {unified_dir}\ndata: {sft_data}\nmethod: full\n")
+    settings = ["training.max_steps=8", "training.batch_size=8", "training.save_steps=2", "training.eval_steps=100",
+                "training.mixed_precision=fp32", "training.learning_rate=5e-3", "training.warmup_steps=0"]
+
+    def command(out):
+        return [sys.executable, "-m", "mmgen", "train", str(recipe_file), f"output_dir={out}", *settings]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command(tmp_path / "whole"), check=True, capture_output=True, env=env, timeout=600)
+    victim = subprocess.Popen(command(tmp_path / "cut"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    first = tmp_path / "cut" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert first.exists() and not (tmp_path / "cut" / "model").exists()
+    subprocess.run(command(tmp_path / "cut"), check=True, capture_output=True, env=env, timeout=600)
+    state = json.loads((tmp_path / "cut" / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    a, b = load_file(tmp_path / "whole" / "model" / "model.safetensors"), load_file(
+        tmp_path / "cut" / "model" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
