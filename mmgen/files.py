@@ -1,4 +1,5 @@
-"""Atomic writes: a reader sees the old file/directory or the new one, never a half-written one."""
+"""File helpers. Atomic writes: a reader sees the old file/directory or the new one, never a half-written one.
+Strict JSON Lines reading: a bad line is reported with its file and line number."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -47,3 +49,17 @@ def write_json_atomic(path: str | os.PathLike, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """`(line number, value)` for every non-blank line; a line that is not JSON raises naming `path:line`."""
+    from mmgen.errors import UserError
+
+    path = Path(path)
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from None

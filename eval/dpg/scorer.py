@@ -37,6 +37,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from mmgen.errors import UserError
+from mmgen.files import read_jsonl
 
 from .judges import VQAJudge
 
@@ -174,14 +175,7 @@ def read_dpg_results(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such DPG-Bench results file")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-    return records
+    return [record for _, record in read_jsonl(path)]
 
 
 def summarize(records: Sequence[dict], failed: dict[str, str] | None = None) -> dict:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mmgen.errors import UserError
+from mmgen.files import read_jsonl
 
 RESULT_KEYS: tuple[str, ...] = ("filename", "tag", "prompt", "correct", "reason", "metadata", "details")
 
@@ -48,13 +49,7 @@ def read_results(path: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         raise UserError(f"{path}: no such results file")
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+    for number, record in read_jsonl(path):
         missing = [key for key in ("tag", "prompt", "correct") if key not in record]
         if missing:
             raise UserError(f"{path}:{number}: a GenEval result needs {', '.join(missing)}")

@@ -146,28 +146,22 @@ def _run_export(args) -> int:
 
 
 def _read_prompts(path: str) -> list[str]:
-    import json
     from pathlib import Path
 
     from mmgen.errors import UserError
+    from mmgen.files import read_jsonl
 
     file = Path(path)
     if not file.is_file():
         raise UserError(f"prompts file not found: {file}")
-    prompts = []
-    for number, line in enumerate(file.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        if file.suffix == ".jsonl":
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{file}:{number}: not valid JSON ({error.msg})") from error
+    if file.suffix != ".jsonl":
+        prompts = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    else:
+        prompts = []
+        for number, record in read_jsonl(file):
             if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
                 raise UserError(f"{file}:{number}: each line needs a string \"prompt\" key")
             prompts.append(record["prompt"])
-        else:
-            prompts.append(line.strip())
     if not prompts:
         raise UserError(f"{file} holds no prompts")
     return prompts
