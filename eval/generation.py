@@ -2,9 +2,9 @@
 
 Seeding contract. A runner numbers its prompts `0..N-1` (a metadata line, a sorted file stem) and wants image `k` of
 prompt `i` drawn from the random stream `seed + i * images_per_prompt + k`, whatever the batching and however often
-a run was resumed. The generator (`mmgen.sampling`'s `generate_images`) gives image `k` of the `j`-th prompt of one
-call the stream `call_seed + j * images_per_prompt + k`, so a runner calls it only with runs of consecutive prompts
-and `call_seed = seed + first_index * images_per_prompt`.
+a run was resumed. The generator (`ImageGenerator.generate`, wrapped by `mmgen eval`) gives image `k` of the `j`-th
+prompt of one call the stream `call_seed + j * images_per_prompt + k`, so a runner calls it only with runs of
+consecutive prompts and `call_seed = seed + first_index * images_per_prompt`.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from mmgen.checkpoint import UnifiedModel, load_unified
+from mmgen.checkpoint import UnifiedModel, load_unified, read_meta
 from mmgen.errors import UserError
 from mmgen.images import center_square, load_image, pil_to_tensor, tensor_to_pil
 from mmgen.vocab import ImageVocab
@@ -153,8 +153,8 @@ class ImageGenerator:
     def generate(self, prompts: str | Sequence[str], config: SamplingConfig | None = None, progress: bool = False,
                  **overrides) -> list[list[Image.Image]]:
         """`num_images` images for each prompt, as `[prompt][image]` PIL images."""
-        codes = self.generate_codes(prompts, config, progress, **overrides)
-        return self._group(self.decode(codes), len(codes) // len(_as_list(prompts)))
+        config = self._settle(config, overrides)
+        return self._group(self.decode(self.generate_codes(prompts, config, progress)), config.num_images)
 
     def generate_codes(self, prompts: str | Sequence[str], config: SamplingConfig | None = None,
                        progress: bool = False, **overrides) -> torch.Tensor:
@@ -178,10 +178,6 @@ class ImageGenerator:
         uncond = [self.prompts.edit(codes, None) for codes in source_codes]
         codes = self.sample_codes(cond, uncond, config, progress)
         return self._group(self.decode(codes), config.num_images)
-
-    def generate_images(self, prompts: list[str], images_per_prompt: int, seed: int) -> list[list[Image.Image]]:
-        """The callable the benchmark runners take (GenEval, DPG-Bench, shapes)."""
-        return self.generate(prompts, num_images=images_per_prompt, seed=seed)
 
     @torch.no_grad()
     def encode_images(self, images: Sequence[Image.Image | str]) -> torch.Tensor:
@@ -296,3 +292,11 @@ class ImageGenerator:
 
 def _as_list(prompts: str | Sequence[str]) -> list[str]:
     return [prompts] if isinstance(prompts, str) else list(prompts)
+
+
+def load_generator(path: str | os.PathLike, settings: dict, device: str = "cpu", dtype: str | None = None,
+                   adapter: str | os.PathLike | None = None) -> tuple[ImageGenerator, SamplingConfig]:
+    """Check `settings` against the checkpoint's defaults, then load it: a bad setting costs no model load."""
+    SamplingConfig.from_defaults(read_meta(path).get("sampling", {}), **settings)
+    generator = ImageGenerator.from_pretrained(path, device=device, dtype=dtype, adapter=adapter)
+    return generator, generator.config(**settings)

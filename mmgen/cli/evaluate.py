@@ -14,7 +14,8 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-DTYPES = ["auto", "fp32", "bf16", "fp16"]
+from mmgen.cli.options import add_checkpoint_options, add_sampling_options, open_generator, sampling_settings
+
 REPORT_FILES = ("results.json", "results.md", "report.html")
 
 
@@ -112,17 +113,8 @@ def _add_shapes_parser(suites) -> None:
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("sampling (defaults from the checkpoint's mmgen.json)")
-    group.add_argument("--cfg", type=float, dest="cfg_scale", metavar="SCALE",
-                       help="classifier-free guidance scale (1 = off)")
-    group.add_argument("--temperature", type=float, metavar="T", help="0 = greedy")
-    group.add_argument("--top-k", type=int, metavar="K", help="keep the k most likely codes (0 = off)")
-    group.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass in (0, 1]")
-    group.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass")
-    group.add_argument("--adapter", metavar="DIR",
-                       help="peft LoRA adapter to apply (default: the checkpoint's own adapter/)")
-    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    group.add_argument("--dtype", choices=DTYPES, default="auto", help="model dtype (default: as stored)")
+    add_sampling_options(parser)
+    add_checkpoint_options(parser)
 
 
 def _positive_int(text: str) -> int:
@@ -225,16 +217,10 @@ def _require_for_generation(args, *names: str) -> None:
 def _open_sampler(args) -> tuple[Callable, dict]:
     """Check the checkpoint's mmgen.json and the sampling settings, then load the checkpoint.
 
-    Returns the runners' `generate_images(prompts, images_per_prompt, seed)` with this command's sampling settings
-    (the generator's own `generate_images` would use the checkpoint's defaults), and the settings for the reports.
+    Returns the runners' `generate_images(prompts, images_per_prompt, seed)` with this command's sampling settings,
+    and the settings for the reports.
     """
-    from mmgen.checkpoint import read_meta
-    from mmgen.sampling import ImageGenerator, SamplingConfig
-
-    settings = {name: getattr(args, name) for name in ("cfg_scale", "temperature", "top_k", "top_p", "batch_size")}
-    SamplingConfig.from_defaults(read_meta(args.model).get("sampling", {}), **settings)
-    generator = ImageGenerator.from_pretrained(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
-    config = generator.config(**settings)
+    generator, config = open_generator(args, sampling_settings(args))
 
     def generate_images(prompts: list[str], images_per_prompt: int, seed: int):
         return generator.generate(prompts, config, num_images=images_per_prompt, seed=seed)

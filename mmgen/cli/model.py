@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mmgen.cli.options import add_checkpoint_options, add_sampling_options, open_generator, sampling_settings
+
 
 def add_parser(verbs) -> None:
     init = verbs.add_parser("init", help="extend an LLM's vocabulary with image tokens: write a unified checkpoint",
@@ -56,22 +58,14 @@ def add_parser(verbs) -> None:
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="unified checkpoint directory")
-    parser.add_argument("--adapter", help="peft LoRA adapter to apply (default: the checkpoint's own adapter/)")
     parser.add_argument("--out", required=True, help="output directory for PNGs, grid.png and settings.json")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    parser.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                        help="model dtype (default: as stored; bf16 is faster on recent CPUs and GPUs)")
+    add_checkpoint_options(parser)
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("sampling (defaults from the checkpoint's mmgen.json)")
+    group = add_sampling_options(parser)
     group.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
-    group.add_argument("--cfg", type=float, dest="cfg_scale", help="classifier-free guidance scale (1 = off)")
-    group.add_argument("--temperature", type=float, help="0 = greedy")
-    group.add_argument("--top-k", type=int, help="keep the k most likely codes (0 = off)")
-    group.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1]")
     group.add_argument("--seed", type=int, default=0, help="image i of the run uses seed + i (default 0)")
-    group.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     group.add_argument("--image-size", type=int, help="expected image size; checked against the tokenizer")
 
 
@@ -96,31 +90,14 @@ def _run_init(args) -> int:
     return 0
 
 
-def _sampling_settings(args, **extra) -> dict:
-    names = ("num_images", "cfg_scale", "temperature", "top_k", "top_p", "seed", "batch_size", "image_size")
-    return {name: getattr(args, name) for name in names} | extra
-
-
-def _open_generator(args, settings: dict):
-    """Validate settings before loading anything heavy, then load the checkpoint."""
-    from mmgen.checkpoint import read_meta
-    from mmgen.sampling import ImageGenerator, SamplingConfig
-
-    defaults = read_meta(args.model)["sampling"]
-    SamplingConfig.from_defaults(defaults, **settings)  # fails fast on invalid settings
-    generator = ImageGenerator.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                               adapter=args.adapter)
-    return generator, generator.config(**settings)
-
-
 def _run_generate(args) -> int:
     from mmgen.errors import UserError
 
     prompts = list(args.prompt) + (_read_prompts(args.prompts) if args.prompts else [])
     if not prompts:
         raise UserError("give at least one --prompt or a --prompts file")
-    settings = _sampling_settings(args, negative_prompt=args.negative_prompt)
-    generator, config = _open_generator(args, settings)
+    settings = sampling_settings(args, "num_images", "seed", "image_size") | {"negative_prompt": args.negative_prompt}
+    generator, config = open_generator(args, settings)
     images = generator.generate(prompts, config, progress=True)
     _write_outputs(args.out, prompts, images, config, args.model, verb="generate")
     return 0
@@ -130,8 +107,7 @@ def _run_edit(args) -> int:
     from mmgen.images import load_image
 
     source = load_image(args.image)  # a bad file fails here, before the model loads
-    settings = _sampling_settings(args)
-    generator, config = _open_generator(args, settings)
+    generator, config = open_generator(args, sampling_settings(args, "num_images", "seed", "image_size"))
     images = generator.edit([source], [args.instruction], config, progress=True)
     _write_outputs(args.out, [args.instruction], images, config, args.model, verb="edit", source=args.image)
     return 0
