@@ -42,7 +42,7 @@ DEFAULT_SAMPLING = {"cfg_scale": 3.0, "temperature": 1.0, "top_k": 0, "top_p": 1
 class UnifiedModel:
     """A loaded unified checkpoint: the LM, its text tokenizer, the image vocabulary and the visual tokenizer."""
 
-    model: PreTrainedModel
+    model: PreTrainedModel | None
     tokenizer: PreTrainedTokenizerBase
     vocab: ImageVocab
     visual_tokenizer: VisualTokenizer
@@ -121,26 +121,31 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_unified(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None,
                  adapter: str | os.PathLike | None = None, attn_implementation: str = "sdpa",
-                 trust_remote_code: bool = False) -> UnifiedModel:
-    """Load a unified checkpoint (and a LoRA adapter: `adapter`, else the checkpoint's own `adapter/`)."""
+                 trust_remote_code: bool = False, with_model: bool = True) -> UnifiedModel:
+    """Load a unified checkpoint (and a LoRA adapter: `adapter`, else the checkpoint's own `adapter/`).
+
+    `with_model=False` loads everything but the LM weights (`model` is None), for callers that load the LM their
+    own way, such as a trainer.
+    """
     path = Path(path)
     meta = read_meta(path)
     torch_device = pick_device(device)
-    model = load_causal_lm(path, torch_device, dtype, attn_implementation, trust_remote_code)
     tokenizer = load_text_tokenizer(path, trust_remote_code)
     vocab = ImageVocab.from_dict(meta["image_tokens"])
     vocab.check_tokenizer(tokenizer)
-    if model.get_input_embeddings().weight.shape[0] != vocab.vocab_size:
-        raise UserError(f"{path}: the embedding table has {model.get_input_embeddings().weight.shape[0]} rows but "
-                        f"mmgen.json records {vocab.vocab_size}")
     visual_tokenizer = load_visual_tokenizer(path / meta["visual_tokenizer"]).to(torch_device)
     if visual_tokenizer.num_tokens != meta["tokens_per_image"]:
         raise UserError(f"{path}: the visual tokenizer gives {visual_tokenizer.num_tokens} tokens per image, "
                         f"mmgen.json says {meta['tokens_per_image']}")
-    adapter = adapter or _optional_dir(path, ADAPTER_DIR)
-    if adapter:
-        model = attach_adapter(model, adapter)
-    return UnifiedModel(model.eval(), tokenizer, vocab, visual_tokenizer.eval(), meta, path)
+    model = None
+    if with_model:
+        model = load_causal_lm(path, torch_device, dtype, attn_implementation, trust_remote_code)
+        if model.get_input_embeddings().weight.shape[0] != vocab.vocab_size:
+            raise UserError(f"{path}: the embedding table has {model.get_input_embeddings().weight.shape[0]} rows "
+                            f"but mmgen.json records {vocab.vocab_size}")
+        adapter = adapter or _optional_dir(path, ADAPTER_DIR)
+        model = (attach_adapter(model, adapter) if adapter else model).eval()
+    return UnifiedModel(model, tokenizer, vocab, visual_tokenizer.eval(), meta, path)
 
 
 def load_causal_lm(path: Path, device: torch.device, dtype: str | None = None, attn_implementation: str = "sdpa",

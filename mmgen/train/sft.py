@@ -9,6 +9,7 @@ grids for fixed prompts while training, and writing a unified checkpoint at the 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, set_seed
 
-from mmgen.checkpoint import ADAPTER_DIR, UnifiedModel, load_causal_lm, load_unified, read_meta, save_unified
+from mmgen.checkpoint import ADAPTER_DIR, UnifiedModel, load_causal_lm, load_unified, save_unified
 from mmgen.config import must_exist
 from mmgen.errors import UserError
 from mmgen.runtime import DTYPES, pick_attn_implementation
@@ -120,11 +121,10 @@ def train_sft(recipe: SFTRecipe, callbacks: list[TrainerCallback] | None = None)
     from datasets import load_from_disk
 
     output_dir = Path(recipe.output_dir)
-    meta = read_meta(recipe.model)
     check_requirements(recipe)
+    unified = load_unified(recipe.model, with_model=False)  # the LM is loaded for training below
     dataset = load_from_disk(recipe.data)
-    check_dataset(dataset, recipe.data, meta)
-    unified = load_unified(recipe.model)  # tokenizer, vocab, visual tokenizer; the LM is reloaded below
+    check_dataset(dataset, recipe.data, unified.meta)
     set_seed(recipe.training.seed)  # LoRA's random init happens before the Trainer seeds anything
     model = load_model_for_training(recipe, unified)
     trainer = build_trainer(recipe, model, unified, dataset, callbacks or [])
@@ -333,8 +333,7 @@ class SampleGridCallback(TrainerCallback):
         from mmgen.sampling import ImageGenerator
 
         was_training = model.training
-        current = UnifiedModel(model, self.unified.tokenizer, self.unified.vocab, self.unified.visual_tokenizer,
-                               self.unified.meta)
+        current = dataclasses.replace(self.unified, model=model)
         s = self.settings
         try:
             with torch.autocast(next(model.parameters()).device.type, enabled=False):
