@@ -40,3 +40,21 @@ def check_model_dir(path: str | os.PathLike, model_types: tuple[str, ...], descr
     if not any(path.glob("*.safetensors")):
         raise UserError(f"{path}: no .safetensors weights; only safetensors are loaded (expected {expected})")
     return path
+
+
+def load_model_and_processor(path: str | os.PathLike, model_class, model_types: tuple[str, ...], description: str,
+                             name: str, device: str | None = None):
+    """`(model, processor, device)` of a checked local directory: the model in eval mode on `device` (default: CUDA
+    when there is one), the processor with its image processor and tokenizer. `name` labels the processor in
+    errors (e.g. "OWLv2")."""
+    from transformers import AutoProcessor
+
+    from mmgen.runtime import pick_device
+
+    path = check_model_dir(path, model_types, description)
+    device = str(pick_device(device or "auto"))
+    model = model_class.from_pretrained(path, use_safetensors=True, **LOAD_KWARGS).to(device).eval()
+    processor = AutoProcessor.from_pretrained(path, **LOAD_KWARGS)
+    if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
+        raise UserError(f"{path}: holds no {name} processor (image processor + tokenizer files)")
+    return model, processor, device

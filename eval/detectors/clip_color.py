@@ -14,11 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from mmgen.eval.geneval.rules import GENEVAL_COLORS
-from mmgen.eval.local_models import LOAD_KWARGS, check_model_dir
+from mmgen.eval.local_models import load_model_and_processor
 from PIL import Image
-
-from mmgen.errors import UserError
-from mmgen.runtime import pick_device
 
 from .base import Detection
 
@@ -36,14 +33,10 @@ class ClipColorClassifier:
                  crop: bool = True, colors: Sequence[str] = GENEVAL_COLORS):
         """`background` fills the image outside the object's mask ("original": no masking); `crop` cuts the
         result to the object's box (the official options `bgcolor` and `crop`)."""
-        from transformers import AutoProcessor, CLIPModel
+        from transformers import CLIPModel
 
-        path = check_model_dir(path, MODEL_TYPES, DESCRIPTION)
-        self.device = str(pick_device(device or "auto"))
-        self.model = CLIPModel.from_pretrained(path, use_safetensors=True, **LOAD_KWARGS).to(self.device).eval()
-        self.processor = AutoProcessor.from_pretrained(path, **LOAD_KWARGS)
-        if not hasattr(self.processor, "image_processor") or not hasattr(self.processor, "tokenizer"):
-            raise UserError(f"{path}: holds no CLIP processor (image processor + tokenizer files)")
+        self.model, self.processor, self.device = load_model_and_processor(
+            path, CLIPModel, MODEL_TYPES, DESCRIPTION, "CLIP", device)
         self.background, self.crop, self.colors = background, crop, tuple(colors)
         self._classifiers: dict[str, object] = {}
 

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from mmgen.eval.geneval.object_names import GENEVAL_OBJECT_NAMES
-from mmgen.eval.local_models import LOAD_KWARGS, check_model_dir
+from mmgen.eval.local_models import load_model_and_processor
 from PIL import Image
 
 from mmgen.errors import UserError
-from mmgen.runtime import pick_device
 
 from .base import Detections
 from .boxes import build_detections, cxcywh_to_xyxy
@@ -42,15 +41,10 @@ class GroundingDinoDetector:
 
     def __init__(self, path: str | os.PathLike, classnames: Sequence[str] = GENEVAL_OBJECT_NAMES,
                  device: str | None = None, min_score: float = 0.1, nms_iou: float | None = 0.5):
-        from transformers import AutoProcessor, GroundingDinoForObjectDetection
+        from transformers import GroundingDinoForObjectDetection
 
-        path = check_model_dir(path, MODEL_TYPES, DESCRIPTION)
-        self.device = str(pick_device(device or "auto"))
-        self.model = GroundingDinoForObjectDetection.from_pretrained(path, use_safetensors=True, **LOAD_KWARGS)
-        self.model.to(self.device).eval()
-        self.processor = AutoProcessor.from_pretrained(path, **LOAD_KWARGS)
-        if not hasattr(self.processor, "image_processor") or not hasattr(self.processor, "tokenizer"):
-            raise UserError(f"{path}: holds no Grounding DINO processor (image processor + tokenizer files)")
+        self.model, self.processor, self.device = load_model_and_processor(
+            path, GroundingDinoForObjectDetection, MODEL_TYPES, DESCRIPTION, "Grounding DINO", device)
         self.classnames = list(classnames)
         self.min_score, self.nms_iou = min_score, nms_iou
         self.captions = self._build_captions(self.model.config.max_text_len)

@@ -17,11 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from mmgen.eval.geneval.object_names import GENEVAL_OBJECT_NAMES
-from mmgen.eval.local_models import LOAD_KWARGS, check_model_dir
+from mmgen.eval.local_models import load_model_and_processor
 from PIL import Image
-
-from mmgen.errors import UserError
-from mmgen.runtime import pick_device
 
 from .base import Detections
 from .boxes import build_detections, cxcywh_to_xyxy
@@ -39,15 +36,10 @@ class Owlv2Detector:
         """`query_template` turns a class name into its text query ("{}" = the name itself). Boxes scoring under
         `min_score` are dropped before NMS; GenEval's own thresholds (0.3, 0.9 for counting) apply after."""
         import torch
-        from transformers import AutoProcessor, Owlv2ForObjectDetection
+        from transformers import Owlv2ForObjectDetection
 
-        path = check_model_dir(path, MODEL_TYPES, DESCRIPTION)
-        self.device = str(pick_device(device or "auto"))
-        self.model = Owlv2ForObjectDetection.from_pretrained(path, use_safetensors=True, **LOAD_KWARGS)
-        self.model.to(self.device).eval()
-        self.processor = AutoProcessor.from_pretrained(path, **LOAD_KWARGS)
-        if not hasattr(self.processor, "image_processor") or not hasattr(self.processor, "tokenizer"):
-            raise UserError(f"{path}: holds no OWLv2 processor (image processor + tokenizer files)")
+        self.model, self.processor, self.device = load_model_and_processor(
+            path, Owlv2ForObjectDetection, MODEL_TYPES, DESCRIPTION, "OWLv2", device)
         self.classnames = list(classnames)
         self.min_score, self.nms_iou = min_score, nms_iou
         with torch.no_grad():

@@ -11,11 +11,10 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from mmgen.eval.local_models import LOAD_KWARGS, check_model_dir
+from mmgen.eval.local_models import check_model_dir, load_model_and_processor
 from PIL import Image
 
 from mmgen.errors import UserError
-from mmgen.runtime import pick_device
 
 BLIP_MODEL_TYPES = ("blip",)
 BLIP_DESCRIPTION = "a BLIP visual question answering model (BlipForQuestionAnswering)"
@@ -58,16 +57,12 @@ class BlipVQAJudge:
     """BLIP-VQA from a local directory; answers are generated greedily and stripped of whitespace."""
 
     def __init__(self, path: str | os.PathLike, device: str | None = None, max_new_tokens: int = 10):
-        from transformers import AutoProcessor, BlipForQuestionAnswering
+        from transformers import BlipForQuestionAnswering
 
-        path = check_model_dir(path, BLIP_MODEL_TYPES, BLIP_DESCRIPTION)
-        _check_architecture(path, "BlipForQuestionAnswering")
-        self.device = str(pick_device(device or "auto"))
-        self.model = BlipForQuestionAnswering.from_pretrained(path, use_safetensors=True, **LOAD_KWARGS)
-        self.model.to(self.device).eval()
-        self.processor = AutoProcessor.from_pretrained(path, **LOAD_KWARGS)
-        if not hasattr(self.processor, "image_processor") or not hasattr(self.processor, "tokenizer"):
-            raise UserError(f"{path}: holds no BLIP processor (image processor + tokenizer files)")
+        # The architecture is checked first: a BLIP captioning model has the same model_type.
+        _check_architecture(check_model_dir(path, BLIP_MODEL_TYPES, BLIP_DESCRIPTION), "BlipForQuestionAnswering")
+        self.model, self.processor, self.device = load_model_and_processor(
+            path, BlipForQuestionAnswering, BLIP_MODEL_TYPES, BLIP_DESCRIPTION, "BLIP", device)
         self.max_new_tokens = max_new_tokens
 
     def __call__(self, image: Image.Image, question: str) -> str:
