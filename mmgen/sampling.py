@@ -89,18 +89,25 @@ class CodeHead:
     to the full head, sliced, with a warning).
     """
 
-    def __init__(self, model: PreTrainedModel, vocab: ImageVocab):
+    def __init__(self, model: PreTrainedModel, vocab: ImageVocab, verify: bool = True, full_head: bool = False):
+        """`verify=False` skips the probe (for a model already verified, e.g. rebuilt at every training step to
+        follow a LoRA adapter being switched on and off); `full_head` forces the fallback."""
         head = model.get_output_embeddings()
         codes = slice(vocab.first_code_id, vocab.first_code_id + vocab.codebook_size)
-        self.weight = head.weight[codes]
+        self.weight = head.weight[codes]  # a view: it follows in-place optimizer updates and carries gradients
         self.bias = head.bias[codes] if getattr(head, "bias", None) is not None else None
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
-        self._full_head = None
+        self._full_head = head if full_head else None
         self._codes = codes
-        if not self._matches_model(model):
+        if verify and not full_head and not self._matches_model(model):
             logger.warning("%s transforms its logits in a way mmgen does not know; sampling uses the full LM head",
                            type(model).__name__)
             self._full_head = head
+
+    @property
+    def exact(self) -> bool:
+        """True when the code-row slice is used (not the full-head fallback)."""
+        return self._full_head is None
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         if self._full_head is not None:
@@ -196,22 +203,29 @@ class ImageGenerator:
 
     @torch.no_grad()
     def sample_codes(self, cond: list[list[int]], uncond: list[list[int]] | None, config: SamplingConfig,
-                     progress: bool = False) -> torch.Tensor:
-        """Sample `config.num_images` images per conditional prompt (token-id lists ending in image_start)."""
+                     progress: bool = False, return_logprobs: bool = False):
+        """Sample `config.num_images` images per conditional prompt (token-id lists ending in image_start).
+
+        With `return_logprobs`, also the log-probability of every drawn code under the distribution it was drawn
+        from (guided, temperature-scaled, top-k/top-p-truncated, over the code rows only): `(codes, logprobs)`.
+        """
         self._check_lengths(cond + (uncond or []))
         rows = [(prompt, index) for prompt in range(len(cond)) for index in range(config.num_images)]
         out = torch.empty(len(rows), self.num_tokens, dtype=torch.long)
+        logprobs = torch.empty(len(rows), self.num_tokens)
         batches = range(0, len(rows), config.batch_size)
         for start in tqdm(batches, desc="sampling", unit="batch", disable=not progress or len(batches) < 2):
             batch = rows[start:start + config.batch_size]
             cond_ids = [cond[prompt] for prompt, _ in batch]
             uncond_ids = [uncond[prompt] for prompt, _ in batch] if config.guided and uncond else None
             noise = self._gumbel_noise(config, [config.seed + start + offset for offset in range(len(batch))])
-            out[start:start + len(batch)] = self._sample_batch(cond_ids, uncond_ids, config, noise).cpu()
-        return out
+            codes, batch_logprobs = self._sample_batch(cond_ids, uncond_ids, config, noise)
+            out[start:start + len(batch)] = codes.cpu()
+            logprobs[start:start + len(batch)] = batch_logprobs.cpu()
+        return (out, logprobs) if return_logprobs else out
 
     def _sample_batch(self, cond: list[list[int]], uncond: list[list[int]] | None, config: SamplingConfig,
-                      noise: torch.Tensor | None) -> torch.Tensor:
+                      noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         batch = len(cond)
         input_ids, attention_mask = self._left_pad(cond + (uncond or []))
         position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
@@ -220,12 +234,13 @@ class ImageGenerator:
         cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
         next_position = position_ids[:, -1:] + 1
         codes = torch.empty(batch, self.num_tokens, dtype=torch.long, device=self.device)
+        logprobs = torch.zeros(batch, self.num_tokens, device=self.device)
         for step in range(self.num_tokens):
             logits = self.head(hidden)
             if uncond is not None:
-                cond_logits, uncond_logits = logits[:batch], logits[batch:]
-                logits = uncond_logits + config.cfg_scale * (cond_logits - uncond_logits)
-            codes[:, step] = self._pick(logits, config, None if noise is None else noise[:, step])
+                logits = guide(logits[:batch], logits[batch:], config.cfg_scale)
+            step_noise = None if noise is None else noise[:, step]
+            codes[:, step], logprobs[:, step] = self._pick(logits, config, step_noise)
             if step == self.num_tokens - 1:
                 break
             token = codes[:, step] + self.vocab.first_code_id
@@ -235,20 +250,24 @@ class ImageGenerator:
                             past_key_values=cache, use_cache=True)
             cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
             next_position = next_position + 1
-        return codes
+        return codes, logprobs
 
     @staticmethod
-    def _pick(logits: torch.Tensor, config: SamplingConfig, noise: torch.Tensor | None) -> torch.Tensor:
+    def _pick(logits: torch.Tensor, config: SamplingConfig, noise: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy, or a categorical draw by the Gumbel-max trick: argmax(log p + g) with g ~ Gumbel(0, 1) is an
-        exact sample of p, and it needs no per-row random call inside the decoding loop."""
+        exact sample of p, and it needs no per-row random call inside the decoding loop. Returns the codes and
+        their log-probabilities (0 for greedy: a point mass)."""
         if noise is None:
-            return logits.argmax(-1)
+            return logits.argmax(-1), torch.zeros(len(logits), device=logits.device)
         scores = logits / config.temperature
         if config.top_k:
             scores = TopKLogitsWarper(config.top_k)(None, scores)
         if config.top_p < 1:
             scores = TopPLogitsWarper(config.top_p)(None, scores)
-        return (scores.log_softmax(-1) + noise).argmax(-1)
+        log_p = scores.log_softmax(-1)
+        codes = (log_p + noise).argmax(-1)
+        return codes, log_p.gather(-1, codes[:, None])[:, 0]
 
     def _gumbel_noise(self, config: SamplingConfig, seeds: list[int]) -> torch.Tensor | None:
         """Gumbel noise `[rows, tokens_per_image, codebook]`, one random stream per image (its seed)."""
@@ -288,6 +307,11 @@ class ImageGenerator:
     @staticmethod
     def _group(images: list[Image.Image], per_prompt: int) -> list[list[Image.Image]]:
         return [images[i:i + per_prompt] for i in range(0, len(images), per_prompt)]
+
+
+def guide(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """Classifier-free guidance on logits: uncond + scale * (cond - uncond)."""
+    return uncond_logits + cfg_scale * (cond_logits - uncond_logits)
 
 
 def _as_list(prompts: str | Sequence[str]) -> list[str]:

@@ -68,6 +68,17 @@ class PromptBuilder:
         text = [] if instruction is None else self.wrap_text(instruction)
         return self._prefix + self.image_ids(source_codes) + text + [self.vocab.start_id]
 
+    def unconditional_of(self, prompt: list[int]) -> list[int]:
+        """The CFG counterpart of a generation prompt (one ending in `<|image_start|>`): the text dropped, a source
+        image kept. `text_to_image(c)` gives `text_to_image(None)`; `edit(src, i)` gives `edit(src, None)`."""
+        if not prompt or prompt[-1] != self.vocab.start_id:
+            raise ValueError("a generation prompt ends with <|image_start|>")
+        start = prompt.index(self.vocab.start_id)
+        if start == len(prompt) - 1:  # no source image: text-to-image
+            return self._prefix + [self.vocab.start_id]
+        end = prompt.index(self.vocab.end_id, start)
+        return self._prefix + prompt[start:end + 1] + [self.vocab.start_id]
+
     def understanding(self, codes: torch.Tensor | list[int], question: str) -> list[int]:
         return self._prefix + self.image_ids(codes) + self.wrap_text(question)
 

@@ -187,10 +187,12 @@ def test_gumbel_max_draws_follow_the_warped_distribution(generator):
     config = SamplingConfig(temperature=0.7, top_k=8)
     draws = 20000
     noise = -torch.log(-torch.log(torch.rand(draws, 64).clamp(1e-20, 1 - 1e-7)))
-    picks = ImageGenerator._pick(logits.expand(draws, -1), config, noise)
+    picks, logprobs = ImageGenerator._pick(logits.expand(draws, -1), config, noise)
     expected = torch.zeros(64)
     top = (logits[0] / 0.7).topk(8)
     expected[top.indices] = top.values.softmax(-1)
     observed = torch.bincount(picks, minlength=64).float() / draws
     assert observed[expected == 0].sum() == 0  # nothing outside the top-k
     torch.testing.assert_close(observed, expected, atol=0.015, rtol=0)
+    # The returned log-probabilities are those of the distribution the codes were drawn from.
+    torch.testing.assert_close(logprobs, expected[picks].log())

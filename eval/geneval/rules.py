@@ -103,23 +103,27 @@ def relative_position(box_a: tuple[float, ...], box_b: tuple[float, ...], thresh
 def evaluate(image: Image.Image, objects: dict[str, list[Detection]], metadata: dict,
              color_classifier: ColorClassifier, config: GenEvalConfig = DEFAULT_CONFIG) -> tuple[bool, str]:
     """Whether the kept `objects` satisfy the prompt's `metadata`, and GenEval's reasons when they do not."""
-    correct = True
-    reasons: list[str] = []
+    reasons = [reason for reason in clause_failures(image, objects, metadata, color_classifier, config) if reason]
+    return not reasons, "\n".join(reasons)
+
+
+def clause_failures(image: Image.Image, objects: dict[str, list[Detection]], metadata: dict,
+                    color_classifier: ColorClassifier, config: GenEvalConfig = DEFAULT_CONFIG) -> list[str | None]:
+    """Per clause (includes, then excludes), why it fails, or None where it holds: GenEval's verdict is that all
+    hold; the share that hold is a partial-credit reward."""
+    failures: list[str | None] = []
     matched_groups: list[list[Detection] | None] = []
     for req in metadata.get("include", []):
         classname, count = req["class"], req["count"]
         found = objects.get(classname, [])[:count]
         failure = _include_failure(image, classname, req, found, matched_groups, color_classifier, config)
-        if failure:
-            correct = False
-            reasons.append(failure)
+        failures.append(failure)
         matched_groups.append(None if failure else found)
     for req in metadata.get("exclude", []):
         found = objects.get(req["class"], [])
-        if len(found) >= req["count"]:
-            correct = False
-            reasons.append(f"expected {req['class']}<{req['count']}, found {len(found)}")
-    return correct, "\n".join(reasons)
+        too_many = len(found) >= req["count"]
+        failures.append(f"expected {req['class']}<{req['count']}, found {len(found)}" if too_many else None)
+    return failures
 
 
 def _include_failure(image: Image.Image, classname: str, req: dict, found: list[Detection],

@@ -7,7 +7,7 @@ from mmgen.cli.tokenizer import add_recipe_arguments, run_tokenizer_train
 
 def add_parser(verbs) -> None:
     train = verbs.add_parser("train", help="run a training recipe (the recipe's `stage` picks the trainer)",
-                             description="Run a training recipe. Stages: tokenizer, sft. Under torchrun or "
+                             description="Run a training recipe. Stages: tokenizer, sft, grpo. Under torchrun or "
                              "accelerate launch, every process runs the same command.")
     add_recipe_arguments(train)
     train.add_argument("--dry-run", action="store_true",
@@ -37,7 +37,31 @@ def run_sft_train(args) -> int:
     return 0
 
 
-TRAINING_STAGES = {"tokenizer": run_tokenizer_train, "sft": run_sft_train}
+def run_grpo_train(args) -> int:
+    from mmgen.config import config_to_yaml, load_config
+    from mmgen.train.grpo import GRPORecipe, check_requirements
+
+    recipe = load_config(GRPORecipe, args.recipe, args.overrides)
+    if getattr(args, "dry_run", False):
+        from mmgen.rewards import build_reward
+        from mmgen.train.grpo import trl_config
+
+        print(config_to_yaml(recipe), end="")
+        check_requirements(recipe)
+        trl_config(recipe, tokens_per_image=1)  # the `training.trl` pass-through options
+        for spec in recipe.rewards:  # names, files and options; built-ins load their models here
+            build_reward(spec.name, spec.options)
+        print(f"recipe OK: {args.recipe}")
+        return 0
+    check_requirements(recipe)
+    from mmgen.train.grpo import train_grpo
+
+    final = train_grpo(recipe)
+    print(f"unified checkpoint saved to {final}")
+    return 0
+
+
+TRAINING_STAGES = {"tokenizer": run_tokenizer_train, "sft": run_sft_train, "grpo": run_grpo_train}
 
 
 def _run_train(args) -> int:

@@ -13,34 +13,24 @@ import dataclasses
 import importlib.util
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback, set_seed
 
-from mmgen.checkpoint import ADAPTER_DIR, UnifiedModel, load_causal_lm, load_unified, save_unified
+from mmgen.checkpoint import UnifiedModel, load_causal_lm, load_unified
 from mmgen.config import must_exist
 from mmgen.errors import UserError
 from mmgen.runtime import DTYPES, pick_attn_implementation
+from mmgen.train.checkpoints import latest_complete_checkpoint, write_final_checkpoint
+from mmgen.train.lora import LoraSettings, add_lora, without_row_tables
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("full", "lora", "qlora")
 OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
-LLM_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-@dataclass
-class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: list(LLM_LINEAR_LAYERS))
-    # Train the image-token rows of embed_tokens / lm_head (the text rows stay frozen by a gradient mask).
-    train_new_rows: bool = True
 
 
 @dataclass
@@ -133,7 +123,7 @@ def train_sft(recipe: SFTRecipe, callbacks: list[TrainerCallback] | None = None)
         logger.warning("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.is_world_process_zero():
-        write_final_checkpoint(recipe, trainer.model, unified, output_dir / "model")
+        write_sft_checkpoint(recipe, trainer.model, unified, output_dir / "model")
     trainer.accelerator.wait_for_everyone()
     return output_dir / "model"
 
@@ -188,42 +178,8 @@ def load_model_for_training(recipe: SFTRecipe, unified: UnifiedModel):
         model = load_causal_lm(Path(recipe.model), torch.device("cpu"), "fp32", attn, recipe.trust_remote_code)
     if recipe.method == "full":
         return model
-    return add_lora(model, recipe, unified.vocab.start_id)
-
-
-def add_lora(model, recipe: SFTRecipe, first_new_row: int):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    if recipe.method == "qlora":
-        model = prepare_model_for_kbit_training(model, recipe.training.gradient_checkpointing)
-    settings = recipe.lora
-    tied = model.get_input_embeddings().weight is model.get_output_embeddings().weight
-    row_tables = ["embed_tokens", "lm_head"] if settings.train_new_rows else None
-    # With tied embeddings, peft keeps the two trainable copies tied too (one table, as in the base model).
-    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=settings.target_modules, modules_to_save=row_tables, task_type="CAUSAL_LM",
-                        ensure_weight_tying=tied)
-    model = get_peft_model(model, config)
-    if settings.train_new_rows:
-        freeze_text_rows(model, first_new_row)
-    return model
-
-
-def freeze_text_rows(model, first_new_row: int) -> list[torch.nn.Parameter]:
-    """Zero the gradient of every row below `first_new_row` in the trainable embedding / LM-head copies.
-
-    peft's `modules_to_save` trains whole tables; with this mask (and no weight decay on them, see
-    `MMGenSFTTrainer`) the text rows never move, so the model's text behaviour is exactly the base model's.
-    """
-    tables = [p for name, p in model.named_parameters() if p.requires_grad and "modules_to_save" in name
-              and p.dim() == 2 and p.shape[0] > first_new_row]
-    if not tables:
-        raise RuntimeError("no trainable embedding table found to mask; check lora.train_new_rows")
-    for table in tables:
-        mask = torch.zeros(table.shape[0], 1, dtype=table.dtype, device=table.device)
-        mask[first_new_row:] = 1
-        table.register_hook(lambda grad, mask=mask: grad * mask.to(grad.dtype))
-    return tables
+    return add_lora(model, recipe.lora, unified.vocab.start_id, quantized=recipe.method == "qlora",
+                    gradient_checkpointing=recipe.training.gradient_checkpointing)
 
 
 # ---- trainer -------------------------------------------------------------------------------------------------
@@ -233,11 +189,10 @@ def _trainer_class():
     from trl import SFTTrainer
 
     class MMGenSFTTrainer(SFTTrainer):
-        """TRL's SFTTrainer; embedding tables trained through `modules_to_save` get no weight decay, which would
-        otherwise shrink the frozen text rows even though their gradient is zero."""
+        """TRL's SFTTrainer; embedding tables trained through `modules_to_save` get no weight decay."""
 
         def get_decay_parameter_names(self, model) -> list[str]:
-            return [name for name in super().get_decay_parameter_names(model) if "modules_to_save" not in name]
+            return without_row_tables(super().get_decay_parameter_names(model))
 
     return MMGenSFTTrainer
 
@@ -293,21 +248,7 @@ def build_trainer(recipe: SFTRecipe, model, unified: UnifiedModel, dataset, extr
     )
 
 
-def latest_complete_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest `checkpoint-N` whose trainer_state.json exists (the Trainer writes it last).
-
-    A checkpoint without it was cut short by a kill: it is moved aside so nothing ever resumes from it.
-    """
-    if not checkpoints.is_dir():
-        return None
-    found = sorted((p for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                   key=lambda p: int(p.name.split("-")[-1]))
-    for candidate in reversed(found):
-        if (candidate / "trainer_state.json").is_file():
-            return candidate
-        logger.warning("removing incomplete checkpoint %s (killed while saving)", candidate)
-        shutil.rmtree(candidate, ignore_errors=True)
-    return None
+# ---- final output --------------------------------------------------------------------------------------------
 
 
 class SampleGridCallback(TrainerCallback):
@@ -353,26 +294,7 @@ def _grid_name(step: int) -> str:
     return f"step_{step:06d}.png"
 
 
-# ---- final output --------------------------------------------------------------------------------------------
-
-
-def write_final_checkpoint(recipe: SFTRecipe, model, unified: UnifiedModel, out_dir: Path) -> Path:
-    """A unified checkpoint: merged weights, or (save: adapter) the untouched base plus `adapter/`."""
-    meta = {**unified.meta, "sft": {"method": recipe.method, "data": recipe.data, "steps": recipe.training.max_steps}}
-    if recipe.method == "full":
-        return save_unified(out_dir, model, unified.tokenizer, unified.vocab, unified.visual_tokenizer, meta)
-    if recipe.save == "adapter":
-        staging = out_dir.parent / f".{out_dir.name}.adapter"
-        shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging)
-        base = load_causal_lm(Path(recipe.model), torch.device("cpu"))
-        try:
-            return save_unified(out_dir, base, unified.tokenizer, unified.vocab, unified.visual_tokenizer,
-                                {**meta, "adapter": ADAPTER_DIR}, adapter_dir=staging)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    if recipe.method == "qlora":
-        raise UserError("save: merged is not supported for qlora (4-bit weights); use save: adapter and "
-                        "`mmgen export` on a machine that can load the base in bf16")
-    merged = model.merge_and_unload()
-    return save_unified(out_dir, merged, unified.tokenizer, unified.vocab, unified.visual_tokenizer, meta)
+def write_sft_checkpoint(recipe: SFTRecipe, model, unified: UnifiedModel, out_dir: Path) -> Path:
+    details = {"method": recipe.method, "data": recipe.data, "steps": recipe.training.max_steps}
+    return write_final_checkpoint(model, unified, out_dir, base_path=recipe.model, method=recipe.method,
+                                  save=recipe.save, stage="sft", details=details)

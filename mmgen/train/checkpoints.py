@@ -1,0 +1,56 @@
+"""What every training stage does with its outputs: resume from the newest complete Trainer checkpoint, and write
+the final unified checkpoint (merged weights, or base + adapter)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from mmgen.checkpoint import ADAPTER_DIR, UnifiedModel, load_causal_lm, save_unified
+from mmgen.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+def latest_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest `checkpoint-N` whose trainer_state.json exists (the Trainer writes it last).
+
+    A checkpoint without it was cut short by a kill: it is moved aside so nothing ever resumes from it.
+    """
+    if not checkpoints.is_dir():
+        return None
+    found = sorted((p for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]))
+    for candidate in reversed(found):
+        if (candidate / "trainer_state.json").is_file():
+            return candidate
+        logger.warning("removing incomplete checkpoint %s (killed while saving)", candidate)
+        shutil.rmtree(candidate, ignore_errors=True)
+    return None
+
+
+def write_final_checkpoint(model, unified: UnifiedModel, out_dir: Path, *, base_path: str, method: str, save: str,
+                           stage: str, details: dict) -> Path:
+    """A unified checkpoint: merged weights, or (save: adapter) the untouched base (`base_path`) plus `adapter/`.
+    `details` are recorded in mmgen.json under the stage's name."""
+    meta = {**unified.meta, stage: details}
+    if method == "full":
+        return save_unified(out_dir, model, unified.tokenizer, unified.vocab, unified.visual_tokenizer, meta)
+    if save == "adapter":
+        staging = out_dir.parent / f".{out_dir.name}.adapter"
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        base = load_causal_lm(Path(base_path), torch.device("cpu"))
+        try:
+            return save_unified(out_dir, base, unified.tokenizer, unified.vocab, unified.visual_tokenizer,
+                                {**meta, "adapter": ADAPTER_DIR}, adapter_dir=staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    if method == "qlora":
+        raise UserError("save: merged is not supported for qlora (4-bit weights); use save: adapter and "
+                        "`mmgen export` on a machine that can load the base in bf16")
+    merged = model.merge_and_unload()
+    return save_unified(out_dir, merged, unified.tokenizer, unified.vocab, unified.visual_tokenizer, meta)
