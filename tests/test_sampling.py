@@ -127,6 +127,20 @@ def test_code_head_matches_full_logits_including_softcapping(shapes_corpus):
         torch.testing.assert_close(head(out.hidden_states[-1]), out.logits[..., list(vocab.code_ids)])
 
 
+def test_code_head_verifies_a_model_whose_forward_runs_under_bf16_autocast(shapes_corpus):
+    """accelerate wraps a model's forward in autocast during mixed-precision training; the fp32 slice must still be
+    recognised as exact (mid-training sampling would otherwise pay for the full head)."""
+    tokenizer = train_bpe_tokenizer(shapes_corpus, vocab_size=300)
+    torch.manual_seed(0)
+    model = build_tiny_lm("llama", tokenizer, hidden_size=64, num_layers=2).eval()
+    vocab = extend_vocabulary(model, tokenizer, 32)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(3000)  # logits of a trained model (~50), where bf16 rounding shows
+    forward = model.forward
+    model.forward = lambda *args, **kwargs: torch.autocast("cpu", dtype=torch.bfloat16)(forward)(*args, **kwargs)
+    assert CodeHead(model, vocab).exact
+
+
 def test_code_head_falls_back_to_the_full_head_for_unknown_logit_transforms(shapes_corpus):
     tokenizer = train_bpe_tokenizer(shapes_corpus, vocab_size=300)
     model = build_tiny_lm("llama", tokenizer, hidden_size=64, num_layers=2).eval()

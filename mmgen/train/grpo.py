@@ -377,7 +377,8 @@ class ImageGRPOTrainer(_base_trainer()):
         ):
             was_training = model.training
             try:
-                sampler = ImageGenerator(dataclasses.replace(self.unified, model=model), merge_adapter=False)
+                sampler = ImageGenerator(dataclasses.replace(self.unified, model=model), merge_adapter=False,
+                                         exact_code_head=self._exact_code_head)
                 codes, logprobs = sampler.sample_codes([list(p) for p in prompt_ids], uncond, config,
                                                        return_logprobs=True)
             finally:
