@@ -6,7 +6,7 @@ import argparse
 import importlib
 import json
 
-BENCHMARKS = ["tokenizer", "sampling"]
+BENCHMARKS = ["tokenizer", "sampling", "grpo_memory"]
 
 
 def main() -> None:

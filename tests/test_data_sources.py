@@ -177,3 +177,14 @@ def test_cli_writes_shapes_questions_and_refuses_bad_counts(tmp_path, capsys):
     assert "wrote 3 questions" in capsys.readouterr().out
     assert main(["data", "shapes", "--num", "0", "--out", str(tmp_path / "never")]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_cli_shapes_tasks_restrict_what_is_drawn(tmp_path, capsys):
+    from mmgen.cli import main
+
+    out = tmp_path / "colors"
+    assert main(["data", "shapes", "--num", "6", "--size", "32", "--tasks", "colors,single_object",
+                 "--out", str(out)]) == 0
+    assert set(datasets.load_from_disk(str(out))["task"]) <= {"colors", "single_object"}
+    assert main(["data", "shapes", "--num", "2", "--tasks", "colours", "--out", str(tmp_path / "never")]) == 2
+    assert "unknown tasks ['colours']" in capsys.readouterr().err

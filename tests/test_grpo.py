@@ -69,7 +69,7 @@ def _perturb_adapter(model):
     """Move LoRA B and the trainable image rows off their initial values, so the adapter changes the output."""
     torch.manual_seed(1)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:
                 param.add_(torch.randn_like(param) * 0.05)
 
@@ -244,12 +244,13 @@ def test_unconditional_prompt_of_each_task(unified_dir):
 
 
 def test_prompt_file_with_metadata_and_edit_sources(unified_dir, tmp_path):
-    from mmgen.checkpoint import load_unified
+    import random
+
     from mmgen.data_engine.shapes.scenes import free_scene
     from mmgen.data_engine.shapes.world import render
-    from mmgen.train.grpo_data import PromptSettings
 
-    import random
+    from mmgen.checkpoint import load_unified
+    from mmgen.train.grpo_data import PromptSettings
 
     render(free_scene(random.Random(0)), 16).save(tmp_path / "src.png")
     lines = [{"prompt": "a photo of a red circle <|image_start|>", "tag": "colors",
@@ -269,19 +270,26 @@ def test_prompt_file_with_metadata_and_edit_sources(unified_dir, tmp_path):
 
 
 def test_builtin_rewards_on_known_images():
+    import random
+
     from mmgen.data_engine.shapes.benchmark import load_benchmark
     from mmgen.data_engine.shapes.edits import make_edit
     from mmgen.data_engine.shapes.world import Scene, render
-    from mmgen.rewards import build_reward
 
-    import random
+    from mmgen.rewards import build_reward
 
     two = next(p for p in load_benchmark() if p["tag"] == "color_attr")
     truth = render(Scene.from_dict(two["scene"]), 64)
     half = Scene.from_dict(two["scene"])
     half = half.with_objects(half.objects[:1])
+    import dataclasses
+
+    wrong = dataclasses.replace(half.objects[0], color=next(c for c in ("red", "blue") if c != half.objects[0].color))
+    recoloured = half.with_objects([wrong])
     geneval, shapes = build_reward("geneval"), build_reward("shapes")
-    assert geneval(["p"] * 3, [truth, render(half, 64), None], [two] * 3) == [1.0, 0.5, 0.0]
+    # partial credit: both clauses right; one right, one missing; one with the wrong colour, one missing
+    assert geneval(["p"] * 4, [truth, render(half, 64), render(recoloured, 64), None], [two] * 4) == [
+        1.0, 0.5, 0.25, 0.0]
     assert shapes(["p"] * 3, [truth, render(half, 64), None], [two] * 3) == [1.0, 0.0, 0.0]
     assert build_reward("format")(["p"] * 2, [truth, None], [{}, {}]) == [1.0, 0.0]
 

@@ -120,8 +120,9 @@ def build_shapes_dataset(
     return Dataset.from_dict(columns, features=features)
 
 
-def write_shapes_dataset(out_dir: str | Path, num: int, size: int = 64, seed: int = 0, edits: bool = False) -> Dataset:
+def write_shapes_dataset(out_dir: str | Path, num: int, size: int = 64, seed: int = 0, edits: bool = False,
+                         tasks: Sequence[str] | None = None) -> Dataset:
     """Build a dataset and save it with `save_to_disk`, ready for `datasets.load_from_disk(out_dir)`."""
-    dataset = build_shapes_dataset(num, size, seed, edits=edits)
+    dataset = build_shapes_dataset(num, size, seed, edits=edits, tasks=tasks)
     dataset.save_to_disk(str(out_dir))
     return dataset

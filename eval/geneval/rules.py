@@ -126,6 +126,33 @@ def clause_failures(image: Image.Image, objects: dict[str, list[Detection]], met
     return failures
 
 
+def clause_credit(image: Image.Image, objects: dict[str, list[Detection]], metadata: dict,
+                  color_classifier: ColorClassifier, config: GenEvalConfig = DEFAULT_CONFIG) -> list[float]:
+    """Per clause, the share of its checks that hold: an include clause checks the count, then (when asked) the
+    colour and the position, each judged exactly as GenEval judges it; a clause whose count fails earns nothing
+    (there is nothing to colour or place). An exclude clause is one check. A denser signal than the all-or-nothing
+    verdict, for rewards: "a red circle" drawn as a blue circle earns 0.5."""
+    credits: list[float] = []
+    matched_groups: list[list[Detection] | None] = []
+    for req in metadata.get("include", []):
+        classname, count = req["class"], req["count"]
+        found = objects.get(classname, [])[:count]
+        failure = _include_failure(image, classname, req, found, matched_groups, color_classifier, config)
+        matched_groups.append(None if failure else found)
+        attributes = [key for key in ("color", "position") if key in req]
+        if len(found) < count:
+            credits.append(0.0)
+            continue
+        passed = 1 + sum(
+            _include_failure(image, classname, {k: v for k, v in req.items() if k not in set(attributes) - {key}},
+                             found, matched_groups[:-1], color_classifier, config) is None
+            for key in attributes)
+        credits.append(passed / (1 + len(attributes)))
+    for req in metadata.get("exclude", []):
+        credits.append(float(len(objects.get(req["class"], [])) < req["count"]))
+    return credits
+
+
 def _include_failure(image: Image.Image, classname: str, req: dict, found: list[Detection],
                      matched_groups: list[list[Detection] | None], color_classifier: ColorClassifier,
                      config: GenEvalConfig) -> str | None:

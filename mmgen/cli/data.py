@@ -27,6 +27,8 @@ def add_parser(verbs) -> None:
     kind.add_argument("--edits", action="store_true", help="write edit triplets (source, instruction, target)")
     kind.add_argument("--questions", action="store_true",
                       help="write questions with exact answers about each image (image, question, answer)")
+    shapes.add_argument("--tasks", help="comma-separated tasks to draw from (uniformly): GenEval tasks and 'describe' "
+                        "for images (default: half describe, half GenEval), edit types with --edits (default: all)")
     shapes.set_defaults(handler=_run_data_shapes)
 
     tokenize = actions.add_parser(
@@ -87,11 +89,17 @@ def _run_data_shapes(args) -> int:
     if not 32 <= args.size <= 256:
         raise UserError(f"--size must be between 32 and 256 pixels, got {args.size}")
     start = time.perf_counter()
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    if tasks and args.questions:
+        raise UserError("--tasks applies to images and --edits, not --questions")
     if args.questions:
         write_shapes_vqa_dataset(args.out, num=args.num, size=args.size, seed=args.seed)
         kind = "questions"
     else:
-        write_shapes_dataset(args.out, num=args.num, size=args.size, seed=args.seed, edits=args.edits)
+        try:
+            write_shapes_dataset(args.out, num=args.num, size=args.size, seed=args.seed, edits=args.edits, tasks=tasks)
+        except ValueError as err:  # unknown task names, with the valid ones
+            raise UserError(f"--tasks: {err}") from None
         kind = "edit triplets" if args.edits else "images"
     print(f"wrote {args.num} {kind} at {args.size}x{args.size} to {args.out} in {time.perf_counter() - start:.1f}s")
     return 0

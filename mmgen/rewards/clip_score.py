@@ -18,8 +18,9 @@ DESCRIPTION = "a CLIP model (CLIPModel)"
 @register_reward("clip_score")
 def clip_score_reward(path: str | os.PathLike, device: str | None = None, batch_size: int = 32):
     import torch
-    from mmgen.eval.local_models import load_model_and_processor
     from transformers import CLIPModel
+
+    from mmgen.eval.local_models import load_model_and_processor
 
     model, processor, device = load_model_and_processor(path, CLIPModel, MODEL_TYPES, DESCRIPTION, "CLIP", device)
     max_length = model.config.text_config.max_position_embeddings

@@ -3,7 +3,8 @@
 Both read the prompt's GenEval clauses from `metadata` (`tag`, `include`, optional `exclude`: the format of GenEval's
 evaluation_metadata.jsonl and of the shapes benchmark). `shapes` is the benchmark's own verdict with the exact
 shapes detector, so the training reward and the held-out score mean the same thing. `geneval` gives the share of
-clauses that hold ("a red cube and a blue ball" with only the cube right earns 0.5): a denser signal for RL, and it
+checks that hold, per clause (count, then colour and position where asked; "a red cube and a blue ball" with only
+the cube right earns 0.5, a blue cube and nothing else 0.25): a denser signal for RL, and it
 takes any detector the evaluator takes (`shapes`, `owlv2:PATH`, `grounding-dino:PATH`) plus an optional colour
 classifier (`clip:PATH`).
 """
@@ -25,7 +26,7 @@ def geneval_reward(detector: str = "shapes", color_classifier: str | None = None
         load_detector,
     )
     from mmgen.eval.detectors.base import DetectedColor
-    from mmgen.eval.geneval.rules import clause_failures, keep_confident
+    from mmgen.eval.geneval.rules import clause_credit, keep_confident
 
     check_detector_spec(detector)
     if color_classifier:
@@ -41,8 +42,8 @@ def geneval_reward(detector: str = "shapes", color_classifier: str | None = None
                 scores.append(0.0)
                 continue
             objects = keep_confident(judge.detect(image), meta["tag"])
-            failures = clause_failures(image, objects, meta, colors)
-            scores.append(sum(f is None for f in failures) / len(failures) if failures else 1.0)
+            credit = clause_credit(image, objects, meta, colors)
+            scores.append(sum(credit) / len(credit) if credit else 1.0)
         return scores
 
     return geneval

@@ -16,7 +16,7 @@ _DETECTOR = ShapesDetector()  # built once, at import
 def exact_count(prompts, images, metadata, partial: bool = True):
     """1 when the detected object count equals the prompt's total count; with `partial`, 1 / (1 + |difference|)."""
     scores = []
-    for image, meta in zip(images, metadata):
+    for image, meta in zip(images, metadata, strict=True):
         if image is None:
             scores.append(0.0)
             continue
