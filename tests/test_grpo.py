@@ -307,3 +307,18 @@ def test_builtin_rewards_on_known_images():
     with pytest.raises(UserError, match="GenEval"):
         geneval(["p"], [truth], [{}])
     assert not math.isnan(scores[1])
+
+
+def test_editing_grpo_conditions_on_source_codes_and_scores_edits(unified_dir, tmp_path):
+    recipe = _recipe(unified_dir, tmp_path, "prompts.edits=true", "training.max_steps=1",
+                     rewards="[{name: edit_consistency}]")
+    trainer, unified, dataset = _trainer(recipe)
+    assert all(len(codes) == unified.num_image_tokens for codes in dataset["source_codes"])
+    seen = []
+    reward = trainer.reward_set.rewards[0]
+    original = reward.function
+    reward.function = lambda prompts, images, metadata: seen.append(metadata) or original(prompts, images, metadata)
+    trainer.train()
+    assert seen and all(m["source_image"].size == (16, 16) and "target_scene" in m for m in seen[0])
+    entry = next(e for e in trainer.state.log_history if "rewards/edit_consistency/mean" in e)
+    assert 0 <= entry["rewards/edit_consistency/mean"] <= 1
