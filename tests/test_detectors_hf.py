@@ -234,3 +234,32 @@ def test_specs_without_models():
     assert isinstance(load_detector("shapes"), ShapesDetector)
     assert isinstance(load_color_classifier("detected"), DetectedColor)
     assert isinstance(load_color_classifier("shapes"), ShapesColorClassifier)
+
+
+def test_clip_score_reward_is_the_floored_cosine_of_clip_embeddings(model_dirs):
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    from mmgen.rewards import build_reward
+
+    path = model_dirs["clip"]
+    reward = build_reward("clip_score", {"path": str(path), "device": "cpu"})
+    images = [scene(), scene(32, 32), None]
+    prompts = ["a red circle", "a blue square", "a red circle"]
+    scores = reward(prompts, images, [{}] * 3)
+    model, processor = CLIPModel.from_pretrained(path).eval(), CLIPProcessor.from_pretrained(path)
+    with torch.no_grad():
+        out = model(**processor(text=prompts[:2], images=images[:2], return_tensors="pt", padding=True))
+    expected = torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds).clamp_min(0)
+    torch.testing.assert_close(torch.tensor(scores[:2]), expected, atol=1e-5, rtol=0)
+    assert scores[2] == 0.0  # not a valid image span
+
+
+def test_geneval_reward_takes_an_open_vocabulary_detector_and_clip_colours(model_dirs):
+    from mmgen.rewards import build_reward
+
+    reward = build_reward("geneval", {"detector": f"owlv2:{model_dirs['owlv2']}",
+                                      "color_classifier": f"clip:{model_dirs['clip']}"})
+    metadata = {"tag": "colors", "include": [{"class": "cat", "count": 1, "color": "red"}]}
+    scores = reward(["a photo of a red cat"], [scene()], [metadata])
+    assert len(scores) == 1 and scores[0] in (0.0, 0.5, 1.0)

@@ -162,6 +162,7 @@ def test_grpo_cli_writes_a_loadable_unified_checkpoint(unified_dir, tmp_path):
     history = json.loads((tmp_path / "run" / "benchmark" / "history.json").read_text())
     assert [h["step"] for h in history] == [0, 1] and 0 <= history[0]["benchmark/overall"] <= 1
     assert (tmp_path / "run" / "benchmark" / "step_000001" / "results.json").is_file()
+    assert (tmp_path / "run" / "benchmark" / "step_000001" / "grid.png").is_file()
 
 
 @pytest.mark.parametrize("function, message", [

@@ -460,6 +460,17 @@ class ImageGRPOTrainer(_base_trainer()):
         return without_row_tables(super().get_decay_parameter_names(model))
 
 
+def _write_grid(step_dir: Path, columns: int = 8, rows: int = 4) -> None:
+    """The first samples of a benchmark pass side by side (`grid.png`): the same prompts at every step."""
+    from PIL import Image
+
+    from mmgen.images import make_grid
+
+    files = sorted((step_dir / "samples").glob("*.png"))[:columns * rows]
+    if files:
+        make_grid([Image.open(f).convert("RGB") for f in files], columns=columns).save(step_dir / "grid.png")
+
+
 def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -507,12 +518,13 @@ class BenchmarkCallback(TrainerCallback):
             def generate_images(prompts, images_per_prompt, seed):
                 return generator.generate(prompts, config, num_images=images_per_prompt, seed=seed)
 
-            summary = score_generator(generate_images, self.out_dir / f"step_{state.global_step:06d}",
-                                      s.images_per_prompt, s.seed, s.limit,
+            step_dir = self.out_dir / f"step_{state.global_step:06d}"
+            summary = score_generator(generate_images, step_dir, s.images_per_prompt, s.seed, s.limit,
                                       benchmark_path=None if s.benchmark == "shapes" else s.benchmark,
                                       details={"step": state.global_step}, progress=False)
         finally:
             model.train(was_training)
+        _write_grid(step_dir)
         metrics = {"benchmark/overall": summary["overall"],
                    **{f"benchmark/{task}": value for task, value in summary["tasks"].items()}}
         self.history.append({"step": state.global_step, **metrics})
