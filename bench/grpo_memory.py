@@ -41,7 +41,6 @@ def build_checkpoint(out: Path) -> Path:
 
 def _measure(method: str, model: str, out: str) -> dict:
     import torch
-
     from transformers import TrainerCallback
 
     from mmgen.config import load_config
