@@ -84,11 +84,13 @@ def _measure(method: str, path: str, greedy: bool, dtype: str, repeats: int) -> 
 def _baseline(generator, config, greedy: bool):
     from transformers import LogitsProcessorList
 
+    from mmgen.sampling import left_pad
+
     prompts = generator.prompts
     cond = [prompts.text_to_image(p) for p in PROMPTS for _ in range(IMAGES_PER_PROMPT)]
     uncond = [prompts.text_to_image(None)] * len(cond)
-    cond_ids, cond_mask = generator._left_pad(cond)
-    uncond_ids, uncond_mask = generator._left_pad(uncond)
+    cond_ids, cond_mask = left_pad(cond, generator.pad_id, generator.device)
+    uncond_ids, uncond_mask = left_pad(uncond, generator.pad_id, generator.device)
     processors = LogitsProcessorList([CodesOnly(generator.vocab, generator.model.config.vocab_size)])
     n = generator.num_tokens
 

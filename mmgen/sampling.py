@@ -233,7 +233,7 @@ class ImageGenerator:
     def _sample_batch(self, cond: list[list[int]], uncond: list[list[int]] | None, config: SamplingConfig,
                       noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         batch = len(cond)
-        input_ids, attention_mask = self._left_pad(cond + (uncond or []))
+        input_ids, attention_mask = left_pad(cond + (uncond or []), self.pad_id, self.device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
         out = self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                         use_cache=True)
@@ -301,18 +301,21 @@ class ImageGenerator:
             raise UserError(f"the longest prompt has {longest} tokens; with {self.num_tokens} image tokens that "
                             f"exceeds the model's {limit} positions: shorten the prompt")
 
-    def _left_pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, sequence in enumerate(sequences):
-            ids[row, width - len(sequence):] = torch.tensor(sequence)
-            mask[row, width - len(sequence):] = 1
-        return ids.to(self.device), mask.to(self.device)
-
     @staticmethod
     def _group(images: list[Image.Image], per_prompt: int) -> list[list[Image.Image]]:
         return [images[i:i + per_prompt] for i in range(0, len(images), per_prompt)]
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists as one left-padded batch `(input_ids, attention_mask)`: the last real token of every row sits
+    in the last column, where generation continues."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, width - len(sequence):] = torch.tensor(sequence)
+        mask[row, width - len(sequence):] = 1
+    return ids.to(device), mask.to(device)
 
 
 def guide(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, cfg_scale: float) -> torch.Tensor:

@@ -9,7 +9,7 @@ from transformers import LogitsProcessorList
 
 from mmgen.cli import main
 from mmgen.errors import UserError
-from mmgen.sampling import CodeHead, ImageGenerator, SamplingConfig
+from mmgen.sampling import CodeHead, ImageGenerator, SamplingConfig, left_pad
 from mmgen.tiny_lm import build_tiny_lm, train_bpe_tokenizer
 from mmgen.vocab import extend_vocabulary
 
@@ -32,8 +32,9 @@ class CodesOnly:
 
 def transformers_greedy(generator, prompts, cfg_scale):
     """What a user would write with plain transformers: generate + guidance_scale + a constraint processor."""
-    cond_ids, cond_mask = generator._left_pad([generator.prompts.text_to_image(p) for p in prompts])
-    uncond_ids, uncond_mask = generator._left_pad([generator.prompts.text_to_image(None)] * len(prompts))
+    pad = {"pad_id": generator.pad_id, "device": generator.device}
+    cond_ids, cond_mask = left_pad([generator.prompts.text_to_image(p) for p in prompts], **pad)
+    uncond_ids, uncond_mask = left_pad([generator.prompts.text_to_image(None)] * len(prompts), **pad)
     cfg = dict(guidance_scale=cfg_scale, negative_prompt_ids=uncond_ids, negative_prompt_attention_mask=uncond_mask)
     n = generator.num_tokens
     out = generator.model.generate(input_ids=cond_ids, attention_mask=cond_mask, do_sample=False, max_new_tokens=n,

@@ -16,13 +16,27 @@ def add_parser(verbs) -> None:
 
 
 def run_sft_train(args) -> int:
+    from mmgen.train import sft
+
+    return _run_recipe(args, sft.SFTRecipe, sft.check_requirements, sft.train_sft)
+
+
+def run_grpo_train(args) -> int:
+    from mmgen.train import grpo
+
+    return _run_recipe(args, grpo.GRPORecipe, grpo.check_requirements, grpo.train_grpo, grpo.check_recipe_parts)
+
+
+def _run_recipe(args, schema, check_requirements, train, check_parts=None) -> int:
+    """Load and check a recipe (keys, types, paths), then train, or with --dry-run print it and stop."""
     from mmgen.config import config_to_yaml, load_config
     from mmgen.errors import UserError
-    from mmgen.train.sft import SFTRecipe, check_requirements
 
-    recipe = load_config(SFTRecipe, args.recipe, args.overrides)  # keys, types and paths are checked here
+    recipe = load_config(schema, args.recipe, args.overrides)
     if getattr(args, "dry_run", False):
         print(config_to_yaml(recipe), end="")
+        if check_parts is not None:
+            check_parts(recipe)
         try:
             check_requirements(recipe)
         except UserError as problem:  # the recipe is valid; this machine cannot run it
@@ -30,33 +44,7 @@ def run_sft_train(args) -> int:
         print(f"recipe OK: {args.recipe}")
         return 0
     check_requirements(recipe)
-    from mmgen.train.sft import train_sft
-
-    final = train_sft(recipe)
-    print(f"unified checkpoint saved to {final}")
-    return 0
-
-
-def run_grpo_train(args) -> int:
-    from mmgen.config import config_to_yaml, load_config
-    from mmgen.train.grpo import GRPORecipe, check_requirements
-
-    recipe = load_config(GRPORecipe, args.recipe, args.overrides)
-    if getattr(args, "dry_run", False):
-        from mmgen.rewards import build_reward
-        from mmgen.train.grpo import trl_config
-
-        print(config_to_yaml(recipe), end="")
-        check_requirements(recipe)
-        trl_config(recipe, tokens_per_image=1)  # the `training.trl` pass-through options
-        for spec in recipe.rewards:  # names, files and options; built-ins load their models here
-            build_reward(spec.name, spec.options)
-        print(f"recipe OK: {args.recipe}")
-        return 0
-    check_requirements(recipe)
-    from mmgen.train.grpo import train_grpo
-
-    final = train_grpo(recipe)
+    final = train(recipe)
     print(f"unified checkpoint saved to {final}")
     return 0
 

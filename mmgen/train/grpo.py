@@ -26,7 +26,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import TrainerCallback, set_seed
@@ -35,16 +35,16 @@ from mmgen.checkpoint import UnifiedModel, load_causal_lm, load_unified
 from mmgen.config import must_exist
 from mmgen.errors import UserError
 from mmgen.rewards.scoring import ON_ERROR, RewardSet
-from mmgen.runtime import DTYPES, pick_attn_implementation
-from mmgen.sampling import CodeHead, ImageGenerator, SamplingConfig, guide
+from mmgen.runtime import pick_attn_implementation
+from mmgen.sampling import CodeHead, ImageGenerator, SamplingConfig, guide, left_pad
 from mmgen.train.checkpoints import latest_complete_checkpoint, write_final_checkpoint
 from mmgen.train.grpo_data import PromptSettings, build_prompt_dataset
 from mmgen.train.lora import LoraSettings, add_lora, without_row_tables
+from mmgen.train.settings import TrainerSettings, check_recipe_head
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("full", "lora")
-REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 
 
 @dataclass
@@ -72,38 +72,19 @@ class RolloutSettings:
 
 
 @dataclass
-class GRPOTrainingConfig:
+class GRPOTrainingConfig(TrainerSettings):
     max_steps: int = 100
-    batch_size: int = 16  # completions per device per step (TRL's per_device_train_batch_size)
-    gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-5
     lr_scheduler: str = "constant"
     warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    logging_steps: int = 5
+    save_steps: int = 50
     beta: float = 0.0  # KL coefficient (0: no reference model is used at all)
     epsilon: float = 0.2  # clipping of the probability ratio
     num_iterations: int = 1  # updates per batch of rollouts
-    mixed_precision: str = "bf16"  # "fp32", "bf16" or "fp16" (CUDA only)
-    gradient_checkpointing: bool = False
-    attn_implementation: str = "auto"
-    seed: int = 0
-    logging_steps: int = 5
-    save_steps: int = 50
-    save_total_limit: int = 2
-    report_to: str = "none"
     trl: dict[str, Any] = field(default_factory=dict)  # any other GRPOConfig option, passed through to TRL
 
-    def __post_init__(self):
-        if self.mixed_precision not in DTYPES:
-            raise ValueError(f"training.mixed_precision must be one of {', '.join(DTYPES)}, got "
-                             f"{self.mixed_precision!r}")
-        if self.report_to not in REPORT_TO:
-            raise ValueError(f"training.report_to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
-        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps",
-                     "save_total_limit", "num_iterations"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+    POSITIVE: ClassVar[tuple[str, ...]] = (*TrainerSettings.POSITIVE, "num_iterations")
 
 
 @dataclass
@@ -140,12 +121,7 @@ class GRPORecipe:
     trust_remote_code: bool = False
 
     def __post_init__(self):
-        if self.stage != "grpo":
-            raise ValueError(f"stage must be 'grpo' for this recipe, got {self.stage!r}")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.save not in ("merged", "adapter"):
-            raise ValueError(f"save must be 'merged' or 'adapter', got {self.save!r}")
+        check_recipe_head(self, "grpo", METHODS)
         if self.on_reward_error not in ON_ERROR:
             raise ValueError(f"on_reward_error must be one of {', '.join(ON_ERROR)}, got {self.on_reward_error!r}")
         if not self.rewards:
@@ -192,35 +168,14 @@ def trl_config(recipe: GRPORecipe, tokens_per_image: int):
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise UserError(f"training.trl.{key}: not a GRPOConfig option of the installed TRL{hint}")
     return GRPOConfig(
-        output_dir=str(Path(recipe.output_dir) / "checkpoints"),
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
+        **t.trainer_arguments(Path(recipe.output_dir) / "checkpoints"),
         beta=t.beta,
         epsilon=t.epsilon,
         num_iterations=t.num_iterations,
-        bf16=t.mixed_precision == "bf16",
-        fp16=t.mixed_precision == "fp16",
-        use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=t.gradient_checkpointing,
-        seed=t.seed,
-        data_seed=t.seed,
-        logging_steps=t.logging_steps,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        report_to=[] if t.report_to == "none" else [t.report_to],
         num_generations=recipe.rollout.num_generations,
         temperature=recipe.rollout.temperature,
         max_completion_length=tokens_per_image + 1,
         remove_unused_columns=False,  # the rewards read caption / metadata / source_codes
-        save_only_model=False,
-        disable_tqdm=False,
         **extra,
     )
 
@@ -248,6 +203,16 @@ def train_grpo(recipe: GRPORecipe, callbacks: list[TrainerCallback] | None = Non
                                method=recipe.method, save=recipe.save, stage="grpo", details=details)
     trainer.accelerator.wait_for_everyone()
     return output_dir / "model"
+
+
+def check_recipe_parts(recipe: GRPORecipe) -> None:
+    """What `--dry-run` checks beyond the schema: the `training.trl` pass-through options and every reward (names,
+    files, options; built-ins load their models here)."""
+    from mmgen.rewards import build_reward
+
+    trl_config(recipe, tokens_per_image=1)
+    for spec in recipe.rewards:
+        build_reward(spec.name, spec.options)
 
 
 def check_requirements(recipe: GRPORecipe) -> None:
@@ -424,7 +389,7 @@ class ImageGRPOTrainer(_base_trainer()):
         if guided:
             rows += [self.unified.prompts.unconditional_of(p) + completion[i, :n - 1].tolist()
                      for i, p in enumerate(prompts)]
-        ids, mask = _left_pad(rows, vocab.end_id, input_ids.device)
+        ids, mask = left_pad(rows, vocab.end_id, input_ids.device)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         with self.accelerator.autocast():
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True,
@@ -469,16 +434,6 @@ def _write_grid(step_dir: Path, columns: int = 8, rows: int = 4) -> None:
     files = sorted((step_dir / "samples").glob("*.png"))[:columns * rows]
     if files:
         make_grid([Image.open(f).convert("RGB") for f in files], columns=columns).save(step_dir / "grid.png")
-
-
-def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-    return ids.to(device), mask.to(device)
 
 
 # ---- the reward-hacking guard --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from transformers import TrainerCallback, set_seed
@@ -22,51 +23,29 @@ from transformers import TrainerCallback, set_seed
 from mmgen.checkpoint import UnifiedModel, load_causal_lm, load_unified
 from mmgen.config import must_exist
 from mmgen.errors import UserError
-from mmgen.runtime import DTYPES, pick_attn_implementation
+from mmgen.runtime import pick_attn_implementation
 from mmgen.train.checkpoints import latest_complete_checkpoint, write_final_checkpoint
 from mmgen.train.lora import LoraSettings, add_lora, without_row_tables
+from mmgen.train.settings import TrainerSettings, check_recipe_head
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("full", "lora", "qlora")
 OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
-REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 
 
 @dataclass
-class SFTTrainingConfig:
-    max_steps: int = 1000
-    batch_size: int = 16  # per device
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 5e-4
-    lr_scheduler: str = "cosine"
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "bf16"  # "fp32", "bf16" or "fp16" (CUDA only)
-    gradient_checkpointing: bool = False
+class SFTTrainingConfig(TrainerSettings):
     optimizer: str = "adamw"  # "adamw", "adamw_8bit" / "paged_adamw_8bit" (bitsandbytes)
-    attn_implementation: str = "auto"  # "auto": flash-attn on CUDA when installed, else sdpa
-    seed: int = 0
-    logging_steps: int = 10
-    save_steps: int = 200
-    save_total_limit: int = 2
     eval_steps: int = 200
-    report_to: str = "none"  # "none", "tensorboard", "trackio", "wandb"
     dataloader_num_workers: int = 0
 
+    POSITIVE: ClassVar[tuple[str, ...]] = (*TrainerSettings.POSITIVE, "eval_steps")
+
     def __post_init__(self):
-        if self.mixed_precision not in DTYPES:
-            raise ValueError(f"training.mixed_precision must be one of {', '.join(DTYPES)}, got "
-                             f"{self.mixed_precision!r}")
+        super().__post_init__()
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"training.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.report_to not in REPORT_TO:
-            raise ValueError(f"training.report_to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
-        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps",
-                     "eval_steps", "save_total_limit"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -95,12 +74,7 @@ class SFTRecipe:
     trust_remote_code: bool = False
 
     def __post_init__(self):
-        if self.stage != "sft":
-            raise ValueError(f"stage must be 'sft' for this recipe, got {self.stage!r}")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.save not in ("merged", "adapter"):
-            raise ValueError(f"save must be 'merged' or 'adapter', got {self.save!r}")
+        check_recipe_head(self, "sft", METHODS)
 
 
 # ---- entry point ---------------------------------------------------------------------------------------------
@@ -202,40 +176,18 @@ def build_trainer(recipe: SFTRecipe, model, unified: UnifiedModel, dataset, extr
 
     t = recipe.training
     output_dir = Path(recipe.output_dir)
-    cpu = not torch.cuda.is_available()
     has_eval = "eval" in dataset and len(dataset["eval"]) > 0
     config = SFTConfig(
-        output_dir=str(output_dir / "checkpoints"),
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size,
+        **t.trainer_arguments(output_dir / "checkpoints"),
         per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        bf16=t.mixed_precision == "bf16",
-        fp16=t.mixed_precision == "fp16",
-        use_cpu=cpu,
-        gradient_checkpointing=t.gradient_checkpointing,
         optim=OPTIMIZERS[t.optimizer],
-        seed=t.seed,
-        data_seed=t.seed,
-        logging_steps=t.logging_steps,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=t.eval_steps,
-        report_to=[] if t.report_to == "none" else [t.report_to],
         dataloader_num_workers=t.dataloader_num_workers,
         completion_only_loss=True,
         max_length=None,  # sequences were length-checked by `mmgen data build`; never truncate an image span
         dataset_num_proc=None,
         remove_unused_columns=True,
-        save_only_model=False,
-        disable_tqdm=False,
     )
     callbacks = [SampleGridCallback(recipe, unified, output_dir / "samples")] if recipe.samples.prompts else []
     return _trainer_class()(
