@@ -1,4 +1,4 @@
-"""Several weighted rewards over one batch of completions, as TRL reward functions, with mmgen's error policy.
+"""The recipe's rewards over one batch of completions, as TRL reward functions, with mmgen's error policy.
 
 TRL calls each reward function with the completions' token ids and the dataset's other columns. Here every
 function decodes the ids into images once per batch (shared by all rewards), hands the user's signature
@@ -38,11 +38,10 @@ class RewardError(UserError):
 class NamedReward:
     name: str
     function: RewardFn
-    weight: float
 
 
 class RewardSet:
-    """The recipe's rewards, ready for TRL: `trl_functions()` and `weights`."""
+    """The recipe's rewards, ready for TRL: `trl_functions()`, in recipe order (TRL applies `reward_weights`)."""
 
     def __init__(self, rewards: Sequence[NamedReward], decode: DecodeCompletions, on_error: str = "stop",
                  extra_metadata: Callable[[dict[str, list]], list[dict]] | None = None):
@@ -63,14 +62,10 @@ class RewardSet:
     @classmethod
     def from_specs(cls, specs: Sequence[Any], decode: DecodeCompletions, on_error: str = "stop",
                    extra_metadata=None) -> RewardSet:
-        """`specs`: objects with `name`, `weight`, `options` and an optional `label` (the recipe's entries)."""
-        rewards = [NamedReward(spec.label or _short_name(spec.name), build_reward(spec.name, spec.options),
-                               spec.weight) for spec in specs]
+        """`specs`: objects with `name`, `options` and an optional `label` (the recipe's entries)."""
+        rewards = [NamedReward(spec.label or _short_name(spec.name), build_reward(spec.name, spec.options))
+                   for spec in specs]
         return cls(rewards, decode, on_error, extra_metadata)
-
-    @property
-    def weights(self) -> list[float]:
-        return [r.weight for r in self.rewards]
 
     def trl_functions(self) -> list[Callable]:
         return [self._trl_function(reward) for reward in self.rewards]

@@ -145,6 +145,7 @@ _OWNED_TRL_OPTIONS = {
     "report_to": "training.report_to", "num_generations": "rollout.num_generations",
     "temperature": "rollout.temperature", "max_completion_length": "(the image length)",
     "gradient_checkpointing": "training.gradient_checkpointing", "use_cpu": "(chosen by the machine)",
+    "reward_weights": "rewards[].weight",
 }
 # Generation knobs of TRL's transformers/vLLM paths that mmgen's sampler does not read.
 _UNUSED_TRL_OPTIONS = ("top_k", "top_p", "min_p", "repetition_penalty", "generation_kwargs", "use_vllm",
@@ -175,6 +176,7 @@ def trl_config(recipe: GRPORecipe, tokens_per_image: int):
         num_generations=recipe.rollout.num_generations,
         temperature=recipe.rollout.temperature,
         max_completion_length=tokens_per_image + 1,
+        reward_weights=[spec.weight for spec in recipe.rewards],
         remove_unused_columns=False,  # the rewards read caption / metadata / source_codes
         **extra,
     )
@@ -231,7 +233,7 @@ def load_policy(recipe: GRPORecipe, unified: UnifiedModel):
 
 
 def build_trainer(recipe: GRPORecipe, model, unified: UnifiedModel, dataset, extra_callbacks=()):
-    decode = partial_decoder(unified)
+    decode = completion_decoder(unified)
     rewards = RewardSet.from_specs(recipe.rewards, decode, recipe.on_reward_error,
                                    extra_metadata=source_images_for(unified))
     args = trl_config(recipe, unified.num_image_tokens)
@@ -253,13 +255,12 @@ def build_trainer(recipe: GRPORecipe, model, unified: UnifiedModel, dataset, ext
         rollout=recipe.rollout,
         reward_set=rewards,
     )
-    trainer.reward_weights = torch.tensor(rewards.weights, dtype=torch.float32)
     if guard is not None:
         guard.trainer = trainer
     return trainer
 
 
-def partial_decoder(unified: UnifiedModel):
+def completion_decoder(unified: UnifiedModel):
     """completion ids -> images; a completion that is not N codes + `<|image_end|>` gives None."""
     vocab, n = unified.vocab, unified.num_image_tokens
 
