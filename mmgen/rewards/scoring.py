@@ -57,7 +57,7 @@ class RewardSet:
         self.on_error = on_error
         self.extra_metadata = extra_metadata
         self.skipped: set[int] = set()  # rows of the current batch excluded from the update
-        self._cache: tuple[int, list[Image.Image | None]] | None = None
+        self._cache: tuple[int, list[Image.Image | None], list[dict]] | None = None
 
     @classmethod
     def from_specs(cls, specs: Sequence[Any], decode: DecodeCompletions, on_error: str = "stop",
@@ -70,18 +70,19 @@ class RewardSet:
     def trl_functions(self) -> list[Callable]:
         return [self._trl_function(reward) for reward in self.rewards]
 
-    def images(self, completion_ids: list[list[int]]) -> list[Image.Image | None]:
-        """Decoded once per batch: TRL passes the same list object to every reward function."""
+    def batch(self, completion_ids: list[list[int]], columns: dict[str, list]) -> tuple[list, list[dict]]:
+        """Images and metadata, built once per batch (TRL passes the same list object to every reward function);
+        each reward gets its own copies of the metadata dicts."""
         if self._cache is None or self._cache[0] != id(completion_ids):
-            self._cache = (id(completion_ids), self.decode(completion_ids))
+            images = self.decode(completion_ids)
+            self._cache = (id(completion_ids), images, self._metadata(columns, len(images)))
             self.skipped = set()
-        return self._cache[1]
+        return self._cache[1], [dict(meta) for meta in self._cache[2]]
 
     def _trl_function(self, reward: NamedReward) -> Callable:
         def score(prompts, completions, completion_ids, **columns) -> list[float]:
-            images = self.images(completion_ids)
+            images, metadata = self.batch(completion_ids, columns)
             captions = list(columns.get("caption") or prompts)
-            metadata = self._metadata(columns, len(images))
             scores = self._call(reward, captions, images, metadata)
             log_metric = columns.get("log_metric")
             if log_metric is not None and self.on_error == "skip":
