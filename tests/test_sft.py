@@ -12,6 +12,7 @@ from mmgen.checkpoint import load_unified, read_meta
 from mmgen.config import load_config
 from mmgen.errors import UserError
 from mmgen.train.sft import SFTRecipe, latest_complete_checkpoint, train_sft
+from mmgen.train.train_log import TRAIN_LOG, read_train_log
 
 COLORS = {"red": 5, "blue": 9, "green": 17, "yellow": 33}
 
@@ -103,6 +104,8 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(unified_dir, s
     assert not (tmp_path / "cut" / "checkpoints" / "checkpoint-5").exists()
     state = json.loads((tmp_path / "cut" / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
     assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4, 5, 6]
+    # train_log.jsonl dropped the step logged after checkpoint-3 before the resumed run logged it again
+    assert [row["step"] for row in read_train_log(tmp_path / "cut" / TRAIN_LOG) if "loss" in row] == [1, 2, 3, 4, 5, 6]
     a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)

@@ -41,6 +41,7 @@ from mmgen.train.checkpoints import latest_complete_checkpoint, write_final_chec
 from mmgen.train.grpo_data import PromptSettings, build_prompt_dataset
 from mmgen.train.lora import LoraSettings, add_lora, without_row_tables
 from mmgen.train.settings import TrainerSettings, check_recipe_head
+from mmgen.train.train_log import TrainLogCallback
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ def build_trainer(recipe: GRPORecipe, model, unified: UnifiedModel, dataset, ext
     args = trl_config(recipe, unified.num_image_tokens)
     if unified.tokenizer.pad_token is None:  # TRL pads prompts with it; the attention mask hides it
         unified.tokenizer.pad_token = unified.tokenizer.eos_token
-    callbacks = list(extra_callbacks)
+    callbacks = [TrainLogCallback(recipe.output_dir), *extra_callbacks]
     guard = None
     if recipe.benchmark.benchmark:
         guard = BenchmarkCallback(recipe, unified, Path(recipe.output_dir) / "benchmark")

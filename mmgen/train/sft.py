@@ -27,6 +27,7 @@ from mmgen.runtime import pick_attn_implementation
 from mmgen.train.checkpoints import latest_complete_checkpoint, write_final_checkpoint
 from mmgen.train.lora import LoraSettings, add_lora, without_row_tables
 from mmgen.train.settings import TrainerSettings, check_recipe_head
+from mmgen.train.train_log import TrainLogCallback
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,9 @@ def build_trainer(recipe: SFTRecipe, model, unified: UnifiedModel, dataset, extr
         dataset_num_proc=None,
         remove_unused_columns=True,
     )
-    callbacks = [SampleGridCallback(recipe, unified, output_dir / "samples")] if recipe.samples.prompts else []
+    callbacks = [TrainLogCallback(output_dir)]
+    if recipe.samples.prompts:
+        callbacks.append(SampleGridCallback(recipe, unified, output_dir / "samples"))
     return _trainer_class()(
         model=model,
         args=config,
