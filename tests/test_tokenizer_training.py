@@ -56,6 +56,29 @@ def test_training_reduces_loss_and_saves_a_loadable_tokenizer(tmp_path):
     assert tokenizer.encode(pixels).shape == (2, tokenizer.num_tokens)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000020"]
     assert (tmp_path / "samples" / "step_000040.png").exists()
+    _check_reconstruction_grid(final, tmp_path / "grid.png")
+
+
+def _check_reconstruction_grid(tokenizer_dir, grid_path):
+    """`mmgen tokenizer eval --grid`: eight held-out scenes above their reconstructions."""
+    from mmgen.eval.tokenizer import encode_dataset
+
+    from mmgen.cli import main
+    from mmgen.images import tensor_to_pil
+    from mmgen.tokenizers.tools import eval_dataset
+
+    assert main(["tokenizer", "eval", "--tokenizer", str(tokenizer_dir), "--data", "shapes", "--num", "8",
+                 "--grid", str(grid_path)]) == 0
+    tokenizer = load_visual_tokenizer(tokenizer_dir)
+    pixels, _, reconstructions = next(encode_dataset(tokenizer, eval_dataset("shapes", 16, 8), 8, True))
+    cell = 16 + 2  # make_grid pads 2 px
+    with Image.open(grid_path) as grid:
+        assert grid.size == (8 * cell + 2, 2 * cell + 2)
+        for column in (0, 7):
+            top = grid.crop((2 + column * cell, 2, 2 + column * cell + 16, 18))
+            bottom = grid.crop((2 + column * cell, 2 + cell, 2 + column * cell + 16, 18 + cell))
+            assert np.array_equal(np.asarray(top), np.asarray(tensor_to_pil(pixels)[column]))
+            assert np.array_equal(np.asarray(bottom), np.asarray(tensor_to_pil(reconstructions)[column]))
 
 
 def test_killed_run_resumes_to_identical_weights(tmp_path, monkeypatch):

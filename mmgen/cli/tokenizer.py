@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def add_parser(verbs) -> None:
     tokenizer = verbs.add_parser("tokenizer", help="train, evaluate and run visual tokenizers",
@@ -21,6 +23,8 @@ def add_parser(verbs) -> None:
     evaluate.add_argument("--num", type=int, default=500, help="images to evaluate (default 500)")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
     evaluate.add_argument("--no-detector", action="store_true", help="skip detector fidelity (non-shapes data)")
+    evaluate.add_argument("--grid", metavar="PNG",
+                          help="also save the first 8 images (top row) above their reconstructions (bottom row)")
     evaluate.set_defaults(handler=_run_tokenizer_eval)
 
     stats = actions.add_parser("stats", help="code frequency statistics (Zipf fit, entropy, per-position usage)",
@@ -78,6 +82,11 @@ def _run_tokenizer_eval(args) -> int:
         from mmgen.files import write_json_atomic
 
         write_json_atomic(args.json, metrics)
+    if args.grid:
+        from mmgen.tokenizers.tools import reconstruction_grid
+
+        Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
+        reconstruction_grid(args.tokenizer, args.data).save(args.grid)
     return 0
 
 
