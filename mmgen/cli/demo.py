@@ -5,8 +5,9 @@ from __future__ import annotations
 
 def add_parser(verbs) -> None:
     demo = verbs.add_parser("demo", help="run the end-to-end demo on the shapes world",
-                            description="Run every stage this version ships, end to end, in one run directory. "
-                            "Finished stages are reused; --force redoes them.")
+                            description="Shapes data -> tokenizer -> vocabulary extension of a tiny LLM -> SFT -> "
+                            "shapes benchmark -> GRPO -> shapes benchmark -> report (report.html, report.md, "
+                            "report.json), in one run directory. Finished stages are reused; --force redoes them.")
     demo.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     demo.add_argument("--force", action="store_true", help="redo finished stages")
     demo.add_argument("--quick", action="store_true",

@@ -1,0 +1,95 @@
+"""`mmgen demo`: shapes data -> tokenizer -> vocabulary extension -> SFT -> benchmark -> GRPO -> benchmark -> report,
+in one run directory.
+
+Every stage runs the `mmgen` commands a user would type (in this process, to skip start-up costs) and the report
+lists them, so each stage can be reproduced by hand. A finished stage writes `<out>/<stage>/stage.json` with its
+summary; re-running the demo reuses finished stages and redoes a stage (and everything after it, which read its
+outputs) whose `stage.json` is missing. `--force` redoes all. An interrupted training stage keeps its checkpoints
+and resumes from them; any other interrupted stage starts over.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from mmgen.demo.stages import FULL, QUICK, STAGES, DemoBudget, Stage
+from mmgen.errors import UserError
+from mmgen.files import write_json_atomic
+
+
+def run_demo(out: str | Path, force: bool = False, quick: bool = False, console: Console | None = None,
+             stages: tuple[Stage, ...] = STAGES) -> dict:
+    """Run (or reuse) every stage, then write the report; returns the report (as in `<out>/report.json`)."""
+    import datasets
+
+    from mmgen.demo.report import write_report
+
+    datasets.disable_progress_bars()  # per-shard bars of `datasets` would interleave with the stages' own bars
+    console = console or Console()
+    run_dir = Path(out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    budget = QUICK if quick else FULL
+    summaries: dict[str, dict] = {}
+    redo = force
+    for index, stage in enumerate(stages, start=1):
+        label = f"[bold][{index}/{len(stages)}] {stage.title}[/bold]"
+        marker = run_dir / stage.name / "stage.json"
+        previous = json.loads(marker.read_text()) if marker.exists() else None
+        if not redo and previous is not None and previous.get("quick") == quick:
+            summaries[stage.name] = previous
+            console.print(f"{label}: reused ({previous['seconds']:.0f}s earlier) - {stage.headline(previous)}",
+                          soft_wrap=True)
+            continue
+        redo = True  # every later stage read this stage's outputs
+        summaries[stage.name] = _run_stage(stage, run_dir, budget, quick, console, label)
+    write_json_atomic(run_dir / "summary.json", summaries)
+    report = write_report(run_dir, summaries)
+    console.print(f"report: {run_dir / 'report.html'} (also report.md, report.json)", soft_wrap=True)
+    return report
+
+
+def _run_stage(stage: Stage, run_dir: Path, budget: DemoBudget, quick: bool, console: Console, label: str) -> dict:
+    from mmgen.cli import main as mmgen_main
+
+    stage_dir = run_dir / stage.name
+    started = stage_dir / "started.json"
+    resume = stage.resumable and started.exists() and json.loads(started.read_text()).get("quick") == quick
+    if stage_dir.exists() and not resume:
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(started, {"quick": quick})
+    commands = stage.commands(run_dir, budget)
+    console.print(f"{label}: running" + (" (resuming)" if resume else ""))
+    start = time.perf_counter()
+    for argv in commands:
+        console.print(f"  $ {command_line(argv)}", highlight=False, soft_wrap=True)
+        code = mmgen_main(argv)
+        if code != 0:
+            raise UserError(f"demo stage {stage.name!r} stopped: `{command_line(argv)}` exited with {code} (the "
+                            f"lines above say why); fix it and run the demo again: finished stages are reused")
+    seconds = time.perf_counter() - start
+    summary = {**stage.summarize(run_dir), "seconds": round(seconds, 1),
+               "commands": [command_line(argv) for argv in commands], "quick": quick}
+    write_json_atomic(stage_dir / "stage.json", summary)
+    console.print(f"{label}: done in {seconds:.0f}s - {stage.headline(summary)}", soft_wrap=True)
+    return summary
+
+
+def command_line(argv: list[str]) -> str:
+    """`mmgen ...` as a shell line; paths inside the working directory are shown relative to it."""
+    cwd = Path.cwd()
+    return shlex.join(["mmgen", *(_relative(arg, cwd) for arg in argv)])
+
+
+def _relative(arg: str, cwd: Path) -> str:
+    key, sep, value = arg.rpartition("=")
+    path = Path(value)
+    if path.is_absolute() and path.is_relative_to(cwd):
+        value = str(path.relative_to(cwd))
+    return f"{key}{sep}{value}"

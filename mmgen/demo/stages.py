@@ -1,0 +1,216 @@
+"""The demo's stages: each is a list of `mmgen` commands (exactly what a user would type) and a summary read back
+from the files those commands wrote.
+
+Budgets live in `DemoBudget`: `FULL` fits the whole run, set-up included, in 30 minutes on 2 CPU cores; `QUICK`
+checks the plumbing in about a minute (its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmgen.recipes import recipe_path
+from mmgen.train.train_log import read_train_log
+
+
+@dataclass(frozen=True)
+class DemoBudget:
+    sft_images: int  # one-object colour scenes rendered for SFT
+    tokenizer_steps: int
+    tokenizer_eval_images: int
+    sft_steps: int
+    grpo_steps: int
+    benchmark_limit: int | None  # prompts per benchmark task (None: all 100)
+    guard_limit: int  # prompts per task of GRPO's benchmark guard
+
+
+# Measured on 2 CPU cores (README, "Demo"): the stage times add up to about 25 minutes.
+FULL = DemoBudget(sft_images=16000, tokenizer_steps=1800, tokenizer_eval_images=500, sft_steps=1000, grpo_steps=280,
+                  benchmark_limit=None, guard_limit=10)
+QUICK = DemoBudget(sft_images=320, tokenizer_steps=30, tokenizer_eval_images=50, sft_steps=6, grpo_steps=2,
+                   benchmark_limit=2, guard_limit=1)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    title: str
+    commands: Callable[[Path, DemoBudget], list[list[str]]]  # (run dir, budget) -> `mmgen` argv lists
+    summarize: Callable[[Path], dict]  # run dir -> summary (JSON-able)
+    headline: Callable[[dict], str]  # the key metric, one line
+    resumable: bool = False  # training stages keep an interrupted run's checkpoints and resume from them
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# ---- shapes data and the benchmark's ceiling -----------------------------------------------------------------
+
+
+def _data_commands(run: Path, budget: DemoBudget) -> list[list[str]]:
+    return [["data", "shapes", "--num", str(budget.sft_images), "--size", "64", "--tasks", "colors",
+             "--out", str(run / "data" / "shapes-colors")]]
+
+
+def _data_summary(run: Path) -> dict:
+    import datasets
+
+    rows = datasets.load_from_disk(str(run / "data" / "shapes-colors"))
+    return {"images": len(rows), "size": 64, "tasks": "colors"}
+
+
+def _ground_truth_commands(run: Path, budget: DemoBudget) -> list[list[str]]:
+    return [["eval", "shapes", "--ground-truth", "--out", str(run / "ground_truth")]]
+
+
+def _benchmark_summary(directory: Path) -> dict:
+    results = _read_json(directory / "results.json")
+    return {"overall": results["overall"], "tasks": results["tasks"], "images": sum(results["prompts"].values())}
+
+
+# ---- visual tokenizer ----------------------------------------------------------------------------------------
+
+
+def _tokenizer_commands(run: Path, budget: DemoBudget) -> list[list[str]]:
+    out = run / "tokenizer"
+    steps = budget.tokenizer_steps
+    return [
+        ["train", str(recipe_path("tokenizer/shapes-vq.yaml")), f"output_dir={out}", f"training.max_steps={steps}",
+         f"training.checkpoint_every={max(steps // 6, 1)}", f"training.sample_every={max(steps // 3, 1)}"],
+        ["tokenizer", "eval", "--tokenizer", str(out / "tokenizer"), "--data", "shapes",
+         "--num", str(budget.tokenizer_eval_images), "--json", str(out / "eval.json"),
+         "--grid", str(out / "reconstructions.png")],
+    ]
+
+
+def _tokenizer_summary(run: Path) -> dict:
+    log = read_train_log(run / "tokenizer" / "train_log.jsonl")
+    return {**_read_json(run / "tokenizer" / "eval.json"), "steps": log[-1]["step"] if log else 0}
+
+
+# ---- vocabulary extension and SFT data -----------------------------------------------------------------------
+
+
+def _vocab_commands(run: Path, budget: DemoBudget) -> list[list[str]]:
+    return [["init", "--tiny-llm", "llama", "--init", "codebook", "--tokenizer", str(run / "tokenizer" / "tokenizer"),
+             "--out", str(run / "vocab" / "model")]]
+
+
+def _vocab_summary(run: Path) -> dict:
+    from safetensors import safe_open
+
+    model = run / "vocab" / "model"
+    info = _read_json(model / "mmgen.json")
+    with safe_open(str(model / "model.safetensors"), "pt") as weights:
+        parameters = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+    return {"vocab_size": info["image_tokens"]["vocab_size"], "codebook_size": info["image_tokens"]["codebook_size"],
+            "tokens_per_image": info["tokens_per_image"], "parameters": parameters, "init": info["init"]}
+
+
+def _sft_data_commands(run: Path, budget: DemoBudget) -> list[list[str]]:
+    out = run / "sft_data"
+    sources = f"sources=[{{path: {out / 'tokenized'}, task: t2i, weight: 1.0}}]"
+    return [
+        ["data", "tokenize", "--data", str(run / "data" / "shapes-colors"), "--task", "t2i",
+         "--tokenizer", str(run / "vocab" / "model"), "--out", str(out / "tokenized")],
+        ["data", "build", str(recipe_path("data/shapes-t2i.yaml")), f"model={run / 'vocab' / 'model'}", sources,
+         f"output_dir={out / 'built'}"],
+    ]
+
+
+def _sft_data_summary(run: Path) -> dict:
+    tokenized = _read_json(run / "sft_data" / "tokenized" / "tokenize_info.json")
+    built = _read_json(run / "sft_data" / "built" / "build_info.json")
+    return {"images_per_second": tokenized["images_per_second"], "skipped": tokenized["rows"]["skipped"],
+            "train_rows": built["splits"]["train"], "eval_rows": built["splits"]["eval"]}
+
+
+# ---- SFT, GRPO and their benchmarks --------------------------------------------------------------------------
+
+
+def _sft_commands(run: Path, budget: DemoBudget) -> list[list[str]]:
+    steps = budget.sft_steps
+    every = max(steps // 3, 1)
+    return [["train", str(recipe_path("sft/shapes-t2i.yaml")), f"model={run / 'vocab' / 'model'}",
+             f"data={run / 'sft_data' / 'built'}", f"output_dir={run / 'sft'}", f"training.max_steps={steps}",
+             f"training.eval_steps={every}", f"training.save_steps={every}",
+             f"training.logging_steps={max(steps // 45, 1)}"]]
+
+
+def _sft_summary(run: Path) -> dict:
+    log = read_train_log(run / "sft" / "train_log.jsonl")
+    losses = [row["loss"] for row in log if "loss" in row]
+    evals = [row["eval_loss"] for row in log if "eval_loss" in row]
+    return {"steps": max((row["step"] for row in log), default=0), "first_loss": losses[0] if losses else None,
+            "final_loss": losses[-1] if losses else None, "eval_loss": evals[-1] if evals else None}
+
+
+def _benchmark_commands(model: str, out: str) -> Callable[[Path, DemoBudget], list[list[str]]]:
+    def commands(run: Path, budget: DemoBudget) -> list[list[str]]:
+        limit = [] if budget.benchmark_limit is None else ["--limit", str(budget.benchmark_limit)]
+        return [["eval", "shapes", "--model", str(run / model / "model"), "--out", str(run / out), *limit]]
+
+    return commands
+
+
+def _grpo_commands(run: Path, budget: DemoBudget) -> list[list[str]]:
+    steps = budget.grpo_steps
+    return [["train", str(recipe_path("grpo/shapes-geneval.yaml")), f"model={run / 'sft' / 'model'}",
+             f"output_dir={run / 'grpo'}", f"training.max_steps={steps}", f"training.save_steps={max(steps // 4, 1)}",
+             f"training.logging_steps={max(steps // 40, 1)}", f"benchmark.every={max(steps // 2, 1)}",
+             f"benchmark.limit={budget.guard_limit}"]]
+
+
+def _grpo_summary(run: Path) -> dict:
+    rewards = [row["reward"] for row in read_train_log(run / "grpo" / "train_log.jsonl") if "reward" in row]
+    guard_path = run / "grpo" / "benchmark" / "history.json"
+    guard = json.loads(guard_path.read_text()) if guard_path.exists() else []
+    return {"steps": max((row["step"] for row in read_train_log(run / "grpo" / "train_log.jsonl")), default=0),
+            "first_reward": rewards[0] if rewards else None, "final_reward": rewards[-1] if rewards else None,
+            "guard": [{"step": row["step"], "overall": row["benchmark/overall"]} for row in guard]}
+
+
+def _score_line(summary: dict) -> str:
+    tasks = ", ".join(f"{task} {score:.2f}" for task, score in summary["tasks"].items())
+    return f"overall {summary['overall']:.3f} on {summary['images']} images ({tasks})"
+
+
+def _optional(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("data", "Shapes data", _data_commands, _data_summary,
+          lambda s: f"{s['images']} one-object colour scenes at {s['size']}px"),
+    Stage("ground_truth", "Benchmark ceiling", _ground_truth_commands,
+          lambda run: _benchmark_summary(run / "ground_truth"),
+          lambda s: f"rendered ground truth scores {s['overall']:.3f} ({s['images']} images): the detector is exact"),
+    Stage("tokenizer", "Visual tokenizer", _tokenizer_commands, _tokenizer_summary,
+          lambda s: (f"{s['tokens_per_image']} codes/image from {s['codebook_size']}, detector fidelity "
+                     f"{s['detector_fidelity']:.3f}, PSNR {s['psnr']:.1f} dB, "
+                     f"codebook usage {s['codebook_usage']:.2f}"),
+          resumable=True),
+    Stage("vocab", "Vocabulary extension", _vocab_commands, _vocab_summary,
+          lambda s: (f"tiny Llama ({s['parameters'] / 1e6:.1f}M parameters), vocabulary {s['vocab_size']} "
+                     f"(+{s['codebook_size']} codes + 2 markers), rows initialised from the codebook")),
+    Stage("sft_data", "SFT data", _sft_data_commands, _sft_data_summary,
+          lambda s: (f"{s['train_rows']} train + {s['eval_rows']} eval rows, tokenized at "
+                     f"{s['images_per_second']:.0f} images/s, {s['skipped']} skipped")),
+    Stage("sft", "Supervised fine-tuning", _sft_commands, _sft_summary,
+          lambda s: (f"{s['steps']} steps, loss {_optional(s['first_loss'], '.2f')} -> "
+                     f"{_optional(s['final_loss'], '.2f')}, eval loss {_optional(s['eval_loss'], '.3f')}"),
+          resumable=True),
+    Stage("benchmark_sft", "Shapes benchmark after SFT", _benchmark_commands("sft", "benchmark_sft"),
+          lambda run: _benchmark_summary(run / "benchmark_sft"), _score_line),
+    Stage("grpo", "GRPO", _grpo_commands, _grpo_summary,
+          lambda s: (f"{s['steps']} steps, reward {_optional(s['first_reward'], '.3f')} -> "
+                     f"{_optional(s['final_reward'], '.3f')}"),
+          resumable=True),
+    Stage("benchmark_grpo", "Shapes benchmark after GRPO", _benchmark_commands("grpo", "benchmark_grpo"),
+          lambda run: _benchmark_summary(run / "benchmark_grpo"), _score_line),
+)
