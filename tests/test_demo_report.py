@@ -120,15 +120,17 @@ def test_markdown_has_the_table_and_the_figures(finished_run):
 # ---- the runner: reuse, redo, failures ------------------------------------------------------------------------
 
 
-def _stage(name: str, calls: list[str], resumable: bool = False, fail: bool = False) -> Stage:
+def _stage(name: str, calls: list[str], resumable: bool = False, fail: bool = False, rows: int = 2) -> Stage:
     def commands(run, budget):
-        calls.append(name)
-        marker = run / name / "seen.txt"
-        marker.write_text(marker.read_text() + "x" if marker.exists() else "x")
-        return [["data", "shapes", "--num", "0" if fail else "2", "--out", str(run / name / "rows")]]
+        return [["data", "shapes", "--num", "0" if fail else str(rows), "--out", str(run / name / "rows")]]
 
-    return Stage(name, name, commands, lambda run: {"runs": len((run / name / "seen.txt").read_text())},
-                 lambda summary: f"{summary['runs']} run(s)", resumable)
+    def summarize(run):
+        calls.append(name)
+        seen = run / name / "seen.txt"  # survives only while the stage directory is kept
+        seen.write_text(seen.read_text() + "x" if seen.exists() else "x")
+        return {"runs": len(seen.read_text())}
+
+    return Stage(name, name, commands, summarize, lambda summary: f"{summary['runs']} run(s)", resumable)
 
 
 @pytest.fixture
@@ -148,6 +150,9 @@ def test_finished_stages_are_reused_and_a_redone_stage_redoes_the_later_ones(tmp
     assert calls == ["a", "b", "c", "b", "c"]
     run_demo(tmp_path, stages=stages, force=True)
     assert calls[-3:] == ["a", "b", "c"]
+    changed = (stages[0], _stage("b", calls, rows=3), stages[2])  # b's commands changed (another budget)
+    run_demo(tmp_path, stages=changed)
+    assert calls[-2:] == ["b", "c"]
 
 
 def test_an_interrupted_training_stage_keeps_its_files_and_others_start_over(tmp_path, no_report):
@@ -159,6 +164,9 @@ def test_an_interrupted_training_stage_keeps_its_files_and_others_start_over(tmp
     summaries = run_demo(tmp_path, stages=stages)
     assert summaries["train"]["runs"] == 2  # its directory (checkpoints) survived the restart
     assert summaries["plain"]["runs"] == 1  # wiped and redone
+    (tmp_path / "train" / "stage.json").unlink()
+    summaries = run_demo(tmp_path, stages=(_stage("train", calls, resumable=True, rows=3), stages[1]))
+    assert summaries["train"]["runs"] == 1  # other commands: nothing to resume, started over
 
 
 def test_a_failing_command_stops_the_demo_naming_the_stage_and_the_command(tmp_path, no_report, capsys):

@@ -120,6 +120,18 @@ def test_gpu_only_options_fail_clearly_on_cpu(unified_dir, sft_data, tmp_path):
         train_sft(recipe(unified_dir, sft_data, tmp_path, **{"training.mixed_precision": "fp16"}))
 
 
+def test_a_missing_tracker_is_refused_with_the_install_line(monkeypatch):
+    from mmgen.train import settings
+
+    real = settings.importlib.util.find_spec
+    monkeypatch.setattr(settings.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "wandb" else real(name, *args))
+    with pytest.raises(UserError, match=r"report_to: wandb is not installed \(pip install wandb\); or set "
+                                        r"training.report_to=none"):
+        settings.TrainerSettings(report_to="wandb").check_machine()
+    settings.TrainerSettings(report_to="none").check_machine()
+
+
 def test_data_built_for_another_model_is_refused(unified_dir, sft_data, tmp_path):
     import shutil
 

@@ -3,9 +3,9 @@ in one run directory.
 
 Every stage runs the `mmgen` commands a user would type (in this process, to skip start-up costs) and the report
 lists them, so each stage can be reproduced by hand. A finished stage writes `<out>/<stage>/stage.json` with its
-summary; re-running the demo reuses finished stages and redoes a stage (and everything after it, which read its
-outputs) whose `stage.json` is missing. `--force` redoes all. An interrupted training stage keeps its checkpoints
-and resumes from them; any other interrupted stage starts over.
+summary and the commands it ran; re-running the demo reuses a finished stage when its commands are unchanged, and
+otherwise redoes it and every stage after it (they read its outputs). `--force` redoes all. An interrupted
+training stage resumes from its checkpoints when its commands are unchanged; any other stage starts over.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mmgen.demo.stages import FULL, QUICK, STAGES, DemoBudget, Stage
+from mmgen.demo.stages import FULL, QUICK, STAGES, Stage
 from mmgen.errors import UserError
 from mmgen.files import write_json_atomic
 
@@ -39,32 +39,35 @@ def run_demo(out: str | Path, force: bool = False, quick: bool = False, console:
     redo = force
     for index, stage in enumerate(stages, start=1):
         label = f"[bold][{index}/{len(stages)}] {stage.title}[/bold]"
+        commands = stage.commands(run_dir, budget)
         marker = run_dir / stage.name / "stage.json"
         previous = json.loads(marker.read_text()) if marker.exists() else None
-        if not redo and previous is not None and previous.get("quick") == quick:
+        if not redo and previous is not None and previous.get("commands") == [command_line(a) for a in commands]:
             summaries[stage.name] = previous
             console.print(f"{label}: reused ({previous['seconds']:.0f}s earlier) - {stage.headline(previous)}",
                           soft_wrap=True)
             continue
         redo = True  # every later stage read this stage's outputs
-        summaries[stage.name] = _run_stage(stage, run_dir, budget, quick, console, label)
+        summaries[stage.name] = _run_stage(stage, run_dir, commands, quick, console, label)
     write_json_atomic(run_dir / "summary.json", summaries)
     report = write_report(run_dir, summaries)
     console.print(f"report: {run_dir / 'report.html'} (also report.md, report.json)", soft_wrap=True)
     return report
 
 
-def _run_stage(stage: Stage, run_dir: Path, budget: DemoBudget, quick: bool, console: Console, label: str) -> dict:
+def _run_stage(stage: Stage, run_dir: Path, commands: list[list[str]], quick: bool, console: Console,
+               label: str) -> dict:
     from mmgen.cli import main as mmgen_main
 
     stage_dir = run_dir / stage.name
     started = stage_dir / "started.json"
-    resume = stage.resumable and started.exists() and json.loads(started.read_text()).get("quick") == quick
+    lines = [command_line(argv) for argv in commands]
+    # Only a run of the very same commands may be resumed: other budgets would resume into another schedule.
+    resume = stage.resumable and started.exists() and json.loads(started.read_text()).get("commands") == lines
     if stage_dir.exists() and not resume:
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(started, {"quick": quick})
-    commands = stage.commands(run_dir, budget)
+    write_json_atomic(started, {"commands": lines})
     console.print(f"{label}: running" + (" (resuming)" if resume else ""))
     start = time.perf_counter()
     for argv in commands:
@@ -74,8 +77,7 @@ def _run_stage(stage: Stage, run_dir: Path, budget: DemoBudget, quick: bool, con
             raise UserError(f"demo stage {stage.name!r} stopped: `{command_line(argv)}` exited with {code} (the "
                             f"lines above say why); fix it and run the demo again: finished stages are reused")
     seconds = time.perf_counter() - start
-    summary = {**stage.summarize(run_dir), "seconds": round(seconds, 1),
-               "commands": [command_line(argv) for argv in commands], "quick": quick}
+    summary = {**stage.summarize(run_dir), "seconds": round(seconds, 1), "commands": lines, "quick": quick}
     write_json_atomic(stage_dir / "stage.json", summary)
     console.print(f"{label}: done in {seconds:.0f}s - {stage.headline(summary)}", soft_wrap=True)
     return summary

@@ -219,8 +219,7 @@ def check_recipe_parts(recipe: GRPORecipe) -> None:
 
 
 def check_requirements(recipe: GRPORecipe) -> None:
-    if recipe.training.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise UserError("mixed_precision fp16 needs CUDA; use bf16 (fast on recent CPUs) or fp32")
+    recipe.training.check_machine()
 
 
 def load_policy(recipe: GRPORecipe, unified: UnifiedModel):

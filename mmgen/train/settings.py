@@ -3,13 +3,17 @@ extends, and the checks of the recipe's head (stage, method, save)."""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from mmgen.errors import UserError
 from mmgen.runtime import DTYPES
 
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
+TRACKER_INSTALL = {"tensorboard": "pip install 'mmgen-kit[tracking]'", "trackio": "pip install 'mmgen-kit[tracking]'",
+                   "wandb": "pip install wandb"}
 
 
 @dataclass
@@ -43,6 +47,17 @@ class TrainerSettings:
         for name in self.POSITIVE:
             if getattr(self, name) < 1:
                 raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+
+    def check_machine(self) -> None:
+        """Refuse up front, with the fallback named, what this machine cannot run (rather than failing once the
+        model is loaded)."""
+        import torch
+
+        if self.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise UserError("mixed_precision fp16 needs CUDA; use bf16 (fast on recent CPUs) or fp32")
+        if self.report_to != "none" and importlib.util.find_spec(self.report_to) is None:
+            raise UserError(f"training.report_to: {self.report_to} is not installed ({TRACKER_INSTALL[self.report_to]}"
+                            "); or set training.report_to=none")
 
     def trainer_arguments(self, output_dir: Path) -> dict:
         """The `transformers.TrainingArguments` these settings map to (TRL's configs extend them)."""

@@ -113,8 +113,7 @@ def check_requirements(recipe: SFTRecipe) -> None:
     if recipe.training.optimizer != "adamw" and not has_bnb:
         raise UserError(f"optimizer {recipe.training.optimizer} needs bitsandbytes "
                         "(pip install 'mmgen-kit[bitsandbytes]'); use optimizer: adamw")
-    if recipe.training.mixed_precision == "fp16" and not cuda:
-        raise UserError("mixed_precision fp16 needs CUDA; use bf16 (fast on recent CPUs) or fp32")
+    recipe.training.check_machine()
 
 
 def check_dataset(dataset, path: str, meta: dict) -> None:
