@@ -10,7 +10,6 @@ peak is read when training ends, before the final checkpoint is written (saving 
 from __future__ import annotations
 
 import multiprocessing
-import resource
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -18,6 +17,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from bench import peak_rss_mib
 
 HIDDEN, LAYERS = 768, 12
 
@@ -50,7 +51,7 @@ def _measure(method: str, model: str, out: str) -> dict:
 
     class PeakAtTrainEnd(TrainerCallback):
         def on_train_end(self, args, state, control, model=None, **kwargs):
-            peak["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            peak["rss"] = peak_rss_mib()
             peak["weights"] = sum(p.numel() for p in model.parameters()) * 4 / 2**20
 
     torch.set_num_threads(2)

@@ -12,7 +12,6 @@ agreeing codes is printed).
 from __future__ import annotations
 
 import multiprocessing
-import resource
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +20,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+
+from bench import peak_rss_mib
 
 PROMPTS = [
     "a photo of a red circle", "a photo of two blue squares", "a green triangle to the left of a yellow star",
@@ -78,7 +79,7 @@ def _measure(method: str, path: str, greedy: bool, dtype: str, repeats: int) -> 
         codes = run()
     seconds = (time.perf_counter() - start) / repeats
     return {"tokens_per_s": rows * generator.num_tokens / seconds, "seconds": seconds,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "codes": codes.tolist()}
+            "peak_rss_mib": peak_rss_mib(), "codes": codes.tolist()}
 
 
 def _baseline(generator, config, greedy: bool):
