@@ -159,7 +159,7 @@ def render_markdown(report: dict) -> str:
     lines += [f"Shapes benchmark overall: **{benchmark['before_rl']['overall']:.3f} after SFT -> "
               f"{benchmark['after_rl']['overall']:.3f} after GRPO ({benchmark['gain']['overall']:+.3f})** on "
               f"{benchmark['images']} images; rendered ground truth scores {benchmark['ceiling']:.3f}. "
-              f"Total time {_minutes(report['total_seconds'])}.", "",
+              f"The stages took {_minutes(report['total_seconds'])}.", "",
               "## Shapes benchmark before and after RL", "", "| task | after SFT | after GRPO | gain |",
               "|---|---|---|---|"]
     lines += [f"| {' | '.join(row)} |" for row in _score_rows(benchmark)]
@@ -196,7 +196,7 @@ def render_html(report: dict, run_dir: Path) -> str:
     parts.append(f"<p>Shapes benchmark overall: <b>{benchmark['before_rl']['overall']:.3f} after SFT &rarr; "
                  f"{benchmark['after_rl']['overall']:.3f} after GRPO ({benchmark['gain']['overall']:+.3f})</b> on "
                  f"{benchmark['images']} images; rendered ground truth scores {benchmark['ceiling']:.3f}. "
-                 f"Total time {_minutes(report['total_seconds'])}.</p>")
+                 f"The stages took {_minutes(report['total_seconds'])}.</p>")
     parts.append("<h2>Shapes benchmark before and after RL</h2><table><tr><th>task</th><th>after SFT</th>"
                  "<th>after GRPO</th><th>gain</th></tr>")
     for row in _score_rows(benchmark):

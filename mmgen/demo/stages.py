@@ -28,7 +28,7 @@ class DemoBudget:
     guard_limit: int  # prompts per task of GRPO's benchmark guard
 
 
-# Measured on 2 CPU cores (README, "Demo results"): the stages take 27.7 minutes, `make demo` on a fresh clone 29.
+# Measured on 2 CPU cores (README, "Demo results"): `make demo` on a fresh clone took 27.5 to 29 minutes.
 # The RL gain depends on the SFT start: with 900 SFT steps instead of 1000, GRPO gained +0.015 instead of +0.115.
 FULL = DemoBudget(sft_images=16000, tokenizer_steps=1800, tokenizer_eval_images=500, sft_steps=1000, grpo_steps=280,
                   benchmark_limit=None, guard_limit=10)
@@ -48,6 +48,11 @@ class Stage:
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def _train(recipe: str, overrides: dict[str, object]) -> list[str]:
+    """`mmgen train <shipped recipe> key=value ...`"""
+    return ["train", str(recipe_path(recipe)), *(f"{key}={value}" for key, value in overrides.items())]
 
 
 # ---- shapes data and the benchmark's ceiling -----------------------------------------------------------------
@@ -81,8 +86,9 @@ def _tokenizer_commands(run: Path, budget: DemoBudget) -> list[list[str]]:
     out = run / "tokenizer"
     steps = budget.tokenizer_steps
     return [
-        ["train", str(recipe_path("tokenizer/shapes-vq.yaml")), f"output_dir={out}", f"training.max_steps={steps}",
-         f"training.checkpoint_every={max(steps // 6, 1)}", f"training.sample_every={max(steps // 3, 1)}"],
+        _train("tokenizer/shapes-vq.yaml", {"output_dir": out, "training.max_steps": steps,
+                                            "training.checkpoint_every": max(steps // 6, 1),
+                                            "training.sample_every": max(steps // 3, 1)}),
         ["tokenizer", "eval", "--tokenizer", str(out / "tokenizer"), "--data", "shapes",
          "--num", str(budget.tokenizer_eval_images), "--json", str(out / "eval.json"),
          "--grid", str(out / "reconstructions.png")],
@@ -137,10 +143,10 @@ def _sft_data_summary(run: Path) -> dict:
 def _sft_commands(run: Path, budget: DemoBudget) -> list[list[str]]:
     steps = budget.sft_steps
     every = max(steps // 3, 1)
-    return [["train", str(recipe_path("sft/shapes-t2i.yaml")), f"model={run / 'vocab' / 'model'}",
-             f"data={run / 'sft_data' / 'built'}", f"output_dir={run / 'sft'}", f"training.max_steps={steps}",
-             f"training.eval_steps={every}", f"training.save_steps={every}",
-             f"training.logging_steps={max(steps // 45, 1)}"]]
+    return [_train("sft/shapes-t2i.yaml", {"model": run / "vocab" / "model", "data": run / "sft_data" / "built",
+                                           "output_dir": run / "sft", "training.max_steps": steps,
+                                           "training.eval_steps": every, "training.save_steps": every,
+                                           "training.logging_steps": max(steps // 45, 1)})]
 
 
 def _sft_summary(run: Path) -> dict:
@@ -161,17 +167,20 @@ def _benchmark_commands(model: str, out: str) -> Callable[[Path, DemoBudget], li
 
 def _grpo_commands(run: Path, budget: DemoBudget) -> list[list[str]]:
     steps = budget.grpo_steps
-    return [["train", str(recipe_path("grpo/shapes-geneval.yaml")), f"model={run / 'sft' / 'model'}",
-             f"output_dir={run / 'grpo'}", f"training.max_steps={steps}", f"training.save_steps={max(steps // 4, 1)}",
-             f"training.logging_steps={max(steps // 40, 1)}", f"benchmark.every={max(steps // 2, 1)}",
-             f"benchmark.limit={budget.guard_limit}"]]
+    return [_train("grpo/shapes-geneval.yaml", {"model": run / "sft" / "model", "output_dir": run / "grpo",
+                                                "training.max_steps": steps,
+                                                "training.save_steps": max(steps // 4, 1),
+                                                "training.logging_steps": max(steps // 40, 1),
+                                                "benchmark.every": max(steps // 2, 1),
+                                                "benchmark.limit": budget.guard_limit})]
 
 
 def _grpo_summary(run: Path) -> dict:
-    rewards = [row["reward"] for row in read_train_log(run / "grpo" / "train_log.jsonl") if "reward" in row]
+    log = read_train_log(run / "grpo" / "train_log.jsonl")
+    rewards = [row["reward"] for row in log if row.get("reward") is not None]
     guard_path = run / "grpo" / "benchmark" / "history.json"
     guard = json.loads(guard_path.read_text()) if guard_path.exists() else []
-    return {"steps": max((row["step"] for row in read_train_log(run / "grpo" / "train_log.jsonl")), default=0),
+    return {"steps": max((row["step"] for row in log), default=0),
             "first_reward": rewards[0] if rewards else None, "final_reward": rewards[-1] if rewards else None,
             "guard": [{"step": row["step"], "overall": row["benchmark/overall"]} for row in guard]}
 
