@@ -73,9 +73,10 @@ def run_tokenizer_train(args) -> int:
 def _run_tokenizer_eval(args) -> int:
     import json
 
-    from mmgen.tokenizers.tools import evaluate_on
+    from mmgen.tokenizers.tools import evaluate_on, open_tokenizer, reconstruction_grid
 
-    metrics = evaluate_on(args.tokenizer, args.data, args.num, detector=not args.no_detector)
+    tokenizer = open_tokenizer(args.tokenizer)  # loaded once for the metrics and the grid
+    metrics = evaluate_on(tokenizer, args.data, args.num, detector=not args.no_detector)
     text = json.dumps(metrics, indent=2)
     print(text)
     if args.json:
@@ -83,19 +84,17 @@ def _run_tokenizer_eval(args) -> int:
 
         write_json_atomic(args.json, metrics)
     if args.grid:
-        from mmgen.tokenizers.tools import reconstruction_grid
-
         Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
-        reconstruction_grid(args.tokenizer, args.data).save(args.grid)
+        reconstruction_grid(tokenizer, args.data).save(args.grid)
     return 0
 
 
 def _run_tokenizer_stats(args) -> int:
     import json
 
-    from mmgen.tokenizers.tools import statistics_on
+    from mmgen.tokenizers.tools import open_tokenizer, statistics_on
 
-    stats = statistics_on(args.tokenizer, args.data, args.num)
+    stats = statistics_on(open_tokenizer(args.tokenizer), args.data, args.num)
     summary = {k: v for k, v in stats.items() if k != "per_position"}
     print(json.dumps(summary, indent=2))
     per_position = stats["per_position"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from pathlib import Path
 
 from PIL import Image
@@ -41,7 +42,7 @@ def write_report(run_dir: Path, summaries: dict[str, dict]) -> dict:
         "grpo": _without(summaries["grpo"], "commands", "quick", "seconds"),
         "benchmark": _benchmark(summaries),
     }
-    figure_paths, report["samples"] = _figures(run_dir)
+    figure_paths, report["samples"] = _figures(run_dir, report["benchmark"])
     report["figures"] = {name: str(path.relative_to(run_dir)) for name, path in figure_paths.items()}
     write_json_atomic(run_dir / "report.json", report)
     (run_dir / "report.md").write_text(render_markdown(report))
@@ -68,12 +69,13 @@ def _benchmark(summaries: dict[str, dict]) -> dict:
 # ---- figures -------------------------------------------------------------------------------------------------
 
 
-def _figures(run_dir: Path) -> tuple[dict[str, Path], list[dict]]:
+def _figures(run_dir: Path, benchmark: dict) -> tuple[dict[str, Path], list[dict]]:
     """The figures that have data, and the detector's verdicts on the before/after samples."""
     out = run_dir / FIGURES_DIR
     before_after, samples = _before_after(run_dir, out / "before_after.png")
     made = {
-        "task_scores": _task_scores(run_dir, out / "task_scores.png"),
+        "task_scores": figures.plot_task_scores(out / "task_scores.png", benchmark["before_rl"]["tasks"],
+                                                benchmark["after_rl"]["tasks"], ("after SFT", "after GRPO")),
         "before_after": before_after,
         "tokenizer_reconstructions": _reconstructions(run_dir, out / "tokenizer_reconstructions.png"),
         "tokenizer_loss": figures.plot_curves(out / "tokenizer_loss.png", [_series(
@@ -95,23 +97,9 @@ def _series(log_path: Path, key: str, label: str, marker: str | None = None) -> 
 
 
 def _guard_series(history_path: Path) -> figures.Curve:
-    import json
-
     history = json.loads(history_path.read_text()) if history_path.exists() else []
     return figures.Curve("benchmark guard (overall)", [row["step"] for row in history],
                          [row["benchmark/overall"] for row in history], marker="o")
-
-
-def _task_scores(run_dir: Path, path: Path) -> Path:
-    benchmark = _benchmark_results(run_dir)
-    return figures.plot_task_scores(path, benchmark["sft"]["tasks"], benchmark["grpo"]["tasks"],
-                                    ("after SFT", "after GRPO"))
-
-
-def _benchmark_results(run_dir: Path) -> dict[str, dict]:
-    import json
-
-    return {name: json.loads((run_dir / f"benchmark_{name}" / "results.json").read_text()) for name in ("sft", "grpo")}
 
 
 def _before_after(run_dir: Path, path: Path) -> tuple[Path, list[dict]]:

@@ -76,7 +76,8 @@ def _ground_truth_commands(run: Path, budget: DemoBudget) -> list[list[str]]:
 
 def _benchmark_summary(directory: Path) -> dict:
     results = _read_json(directory / "results.json")
-    return {"overall": results["overall"], "tasks": results["tasks"], "images": sum(results["prompts"].values())}
+    return {"overall": results["overall"], "tasks": results["tasks"],
+            "images": sum(results["details"]["images"].values())}
 
 
 # ---- visual tokenizer ----------------------------------------------------------------------------------------

@@ -33,31 +33,28 @@ def eval_dataset(data: str, size: int, num: int) -> ImageTensorDataset:
     return ImageTensorDataset(source, size, indices)
 
 
-def evaluate_on(tokenizer_path: str, data: str, num: int = 500, detector: bool = True) -> dict:
+def evaluate_on(tokenizer: VisualTokenizer, data: str, num: int = 500, detector: bool = True) -> dict:
     from mmgen.eval.detectors.shapes import ShapesDetector
     from mmgen.eval.tokenizer import evaluate_tokenizer
 
-    tokenizer = open_tokenizer(tokenizer_path)
     dataset = eval_dataset(data, tokenizer.image_size, num)
     return evaluate_tokenizer(tokenizer, dataset, detector=ShapesDetector() if detector else None)
 
 
-def reconstruction_grid(tokenizer_path: str, data: str, num: int = 8) -> Image.Image:
+def reconstruction_grid(tokenizer: VisualTokenizer, data: str, num: int = 8) -> Image.Image:
     """The first `num` evaluation images (top row) above their reconstructions (bottom row)."""
     from mmgen.eval.tokenizer import encode_dataset
     from mmgen.images import make_grid
 
-    tokenizer = open_tokenizer(tokenizer_path)
     dataset = eval_dataset(data, tokenizer.image_size, num)
     pixels, _, reconstructions = next(encode_dataset(tokenizer, dataset, batch_size=num, keep_reconstructions=True))
     originals = tensor_to_pil(pixels)
     return make_grid(originals + tensor_to_pil(reconstructions), columns=len(originals))
 
 
-def statistics_on(tokenizer_path: str, data: str, num: int = 2000) -> dict:
+def statistics_on(tokenizer: VisualTokenizer, data: str, num: int = 2000) -> dict:
     from mmgen.eval.tokenizer import code_statistics, encode_dataset
 
-    tokenizer = open_tokenizer(tokenizer_path)
     dataset = eval_dataset(data, tokenizer.image_size, num)
     codes = torch.cat([codes for _, codes, _ in encode_dataset(tokenizer, dataset)])
     return code_statistics(codes, tokenizer.codebook_size)
