@@ -7,8 +7,8 @@ from mmgen.cli.tokenizer import add_recipe_arguments, run_tokenizer_train
 
 def add_parser(verbs) -> None:
     train = verbs.add_parser("train", help="run a training recipe (the recipe's `stage` picks the trainer)",
-                             description="Run a training recipe. Stages: tokenizer, sft, grpo. Under torchrun or "
-                             "accelerate launch, every process runs the same command.")
+                             description="Run a training recipe. Stages: tokenizer, semantic_tokenizer, decoder, sft, "
+                             "grpo. Under torchrun or accelerate launch, every process runs the same command.")
     add_recipe_arguments(train)
     train.add_argument("--dry-run", action="store_true",
                        help="load and check the recipe (keys, types, paths), print it, and stop")
@@ -27,7 +27,7 @@ def run_grpo_train(args) -> int:
     return _run_recipe(args, grpo.GRPORecipe, grpo.check_requirements, grpo.train_grpo, grpo.check_recipe_parts)
 
 
-def _run_recipe(args, schema, check_requirements, train, check_parts=None) -> int:
+def _run_recipe(args, schema, check_requirements, train, check_parts=None, saved="unified checkpoint") -> int:
     """Load and check a recipe (keys, types, paths), then train, or with --dry-run print it and stop."""
     from mmgen.config import config_to_yaml, load_config
     from mmgen.errors import UserError
@@ -45,11 +45,30 @@ def _run_recipe(args, schema, check_requirements, train, check_parts=None) -> in
         return 0
     check_requirements(recipe)
     final = train(recipe)
-    print(f"unified checkpoint saved to {final}")
+    print(f"{saved} saved to {final}")
     return 0
 
 
-TRAINING_STAGES = {"tokenizer": run_tokenizer_train, "sft": run_sft_train, "grpo": run_grpo_train}
+def run_semantic_tokenizer_train(args) -> int:
+    from mmgen.train import semantic_tokenizer
+
+    return _run_recipe(args, semantic_tokenizer.SemanticTokenizerRecipe, _no_requirements,
+                       semantic_tokenizer.train_semantic_tokenizer, saved="semantic tokenizer")
+
+
+def run_decoder_train(args) -> int:
+    from mmgen.train import decoder
+
+    return _run_recipe(args, decoder.DecoderRecipe, _no_requirements, decoder.train_decoder,
+                       saved="diffusion decoder")
+
+
+def _no_requirements(recipe) -> None:
+    """Image-model stages run anywhere (CPU included)."""
+
+
+TRAINING_STAGES = {"tokenizer": run_tokenizer_train, "semantic_tokenizer": run_semantic_tokenizer_train,
+                   "decoder": run_decoder_train, "sft": run_sft_train, "grpo": run_grpo_train}
 
 
 def _run_train(args) -> int:

@@ -16,7 +16,7 @@ from torch import nn
 
 from mmgen.config import strict_from_dict
 
-from .base import VisualTokenizer, register_visual_tokenizer
+from .base import VisualTokenizer, _eval_mode, register_visual_tokenizer
 from .quantizers import Quantizer, QuantizerConfig
 
 
@@ -151,6 +151,28 @@ class GridTokenizer(VisualTokenizer):
 
     def code_embeddings(self) -> torch.Tensor:
         return self.quantizer.code_vectors()
+
+    # ---- the renderer interface: a continuous latent space that a diffusion decoder can generate in -----------
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        side = self.config.grid_size
+        return (self.quantizer.dim, side, side)  # rvq sums its depths into one vector per position
+
+    @torch.no_grad()
+    def image_latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels -> the quantized latents [B, *latent_shape] the decoder renders (what diffusion learns to make)."""
+        self._check_pixels(pixels)
+        with _eval_mode(self):  # no EMA codebook updates
+            return self.quantizer(self._latents(pixels))[0]
+
+    @torch.no_grad()
+    def render(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (e.g. sampled by a diffusion decoder) -> pixels in [-1, 1]. They are first snapped to the nearest
+        codes, so a slightly-off sample renders as the clean image of those codes."""
+        with _eval_mode(self):
+            snapped = self.quantizer(latents.float())[0]
+            return self._pixels(snapped).clamp(-1.0, 1.0)
 
     def get_config(self) -> dict[str, Any]:
         return {"tokenizer_type": self.tokenizer_type, **self.config.to_dict()}

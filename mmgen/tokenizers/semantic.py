@@ -1,0 +1,254 @@
+"""A SEED-style semantic tokenizer: an image -> a short 1D sequence of codes (e.g. 32), read causally.
+
+    pixels -> frozen feature encoder -> features [B, P, C]
+           -> causal query transformer (N learnable queries, causal self-attention, cross-attention to features)
+           -> quantizer (vector-quantize-pytorch) -> N codes
+    codes  -> code vectors -> feature decoder (P position queries cross-attending to the codes) -> features
+           -> pixels through the renderer            ("features" decoding: deterministic)
+    codes  -> code vectors -> diffusion decoder -> renderer latents -> pixels      ("diffusion" decoding)
+
+The causal queries make code k depend only on codes < k, the order an LLM writes them in (SEED's argument).
+The feature encoder and the renderer are one frozen `GridTokenizer` trained on the user's images: its encoder's
+features are what the codes must carry, and its decoder renders latents to pixels (as a VAE does for Stable
+Diffusion). Its weights are stored inside this tokenizer's `model.safetensors`, so the directory stands alone;
+an attached diffusion decoder lives in `decoder/` in diffusers format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mmgen.config import strict_from_dict
+from mmgen.decoders.diffusion import DiffusionDecoder, is_decoder_dir
+
+from .base import WEIGHTS_NAME, VisualTokenizer, read_tokenizer_config, refuse_pickle_only, register_visual_tokenizer
+from .quantizers import Quantizer, QuantizerConfig
+from .vq_grid import GridTokenizer, GridTokenizerConfig
+
+DECODER_SUBDIR = "decoder"
+DECODINGS = ("auto", "features", "diffusion")
+
+
+@dataclass
+class SemanticTokenizerConfig:
+    num_queries: int = 32  # codes per image
+    width: int = 256
+    num_layers: int = 4  # causal query transformer
+    decoder_layers: int = 2  # feature decoder
+    num_heads: int = 4
+    quantizer: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(kind="fsq", levels=[8, 5, 5, 5]))
+    # "auto": through the diffusion decoder when one is attached, else through the feature decoder.
+    decoding: str = "auto"
+    decode_seed: int = 0  # diffusion decoding draws its noise from this seed: decode(codes) is deterministic
+    renderer: GridTokenizerConfig = field(default_factory=GridTokenizerConfig)
+
+    def __post_init__(self):
+        if isinstance(self.quantizer, dict):
+            self.quantizer = QuantizerConfig.from_dict(self.quantizer)
+        if isinstance(self.renderer, dict):
+            self.renderer = GridTokenizerConfig.from_dict(self.renderer)
+        if self.quantizer.codes_per_position != 1:
+            raise ValueError("the semantic tokenizer needs one code per query: use vq, fsq or lfq, not rvq")
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} must be divisible by num_heads {self.num_heads}")
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"decoding must be one of {', '.join(DECODINGS)}, got {self.decoding!r}")
+        for name in ("num_queries", "num_layers", "decoder_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["quantizer"] = self.quantizer.to_dict()
+        data["renderer"] = self.renderer.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SemanticTokenizerConfig:
+        return strict_from_dict(cls, data)
+
+
+def _transformer(width: int, heads: int, layers: int) -> nn.TransformerDecoder:
+    layer = nn.TransformerDecoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0, activation="gelu",
+                                       batch_first=True, norm_first=True)
+    return nn.TransformerDecoder(layer, layers, norm=nn.LayerNorm(width))
+
+
+@register_visual_tokenizer
+class SemanticTokenizer(VisualTokenizer):
+    """1D codes [B, num_queries] from a causal query transformer over a frozen renderer's encoder features."""
+
+    tokenizer_type = "semantic"
+
+    def __init__(self, config: SemanticTokenizerConfig | None = None, renderer: GridTokenizer | None = None):
+        super().__init__()
+        config = config or SemanticTokenizerConfig()
+        if renderer is not None:
+            config.renderer = renderer.config
+        self.config = config
+        self.renderer = renderer or GridTokenizer(config.renderer)
+        self.renderer.requires_grad_(False)
+        self.image_size = self.renderer.image_size
+        self.in_channels = self.renderer.in_channels
+        self.num_tokens = config.num_queries
+        self.grid_shape = (config.num_queries,)
+        self.codebook_size = config.quantizer.total_codebook_size
+        side = self.renderer.config.grid_size
+        self.feature_channels = self.renderer.config.latent_channels
+        self.num_features = side * side
+        width, heads = config.width, config.num_heads
+
+        self.feature_in = nn.Linear(self.feature_channels, width)
+        self.feature_positions = nn.Parameter(torch.randn(self.num_features, width) * 0.02)
+        self.queries = nn.Parameter(torch.randn(config.num_queries, width) * 0.02)
+        self.query_transformer = _transformer(width, heads, config.num_layers)
+        code_dim = config.quantizer.vector_dim(width)
+        self.to_code = nn.Linear(width, code_dim)
+        self.quantizer = Quantizer(config.quantizer, dim=code_dim)
+        self.from_code = nn.Linear(code_dim, width)
+        self.code_positions = nn.Parameter(torch.randn(config.num_queries, width) * 0.02)
+        self.feature_queries = nn.Parameter(torch.randn(self.num_features, width) * 0.02)
+        self.feature_decoder = _transformer(width, heads, config.decoder_layers)
+        self.feature_out = nn.Linear(width, self.feature_channels)
+        causal = nn.Transformer.generate_square_subsequent_mask(config.num_queries)
+        self.register_buffer("causal_mask", causal, persistent=False)
+        self.diffusion_decoder: DiffusionDecoder | None = None
+
+    def train(self, mode: bool = True) -> SemanticTokenizer:
+        super().train(mode)
+        self.renderer.eval()  # frozen: a vq renderer in train mode would move its EMA codebook
+        return self
+
+    # ---- encoding ---------------------------------------------------------------------------------------------
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The frozen encoder's features [B, P, C] the codes must carry (the renderer's pre-quantization latents)."""
+        with torch.no_grad():
+            latents = self.renderer.encoder(self.renderer.patchify(pixels))
+        return latents.flatten(2).transpose(1, 2).float()
+
+    def quantize(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Features [B, P, C] -> (code vectors [B, N, code_dim], codes [B, N], aux loss)."""
+        memory = self.feature_in(features) + self.feature_positions
+        queries = self.queries.expand(features.shape[0], -1, -1)
+        hidden = self.query_transformer(queries, memory, tgt_mask=self.causal_mask, tgt_is_causal=True)
+        vectors = self.to_code(hidden)  # [B, N, code_dim]
+        z_q, codes, aux = self.quantizer(vectors.transpose(1, 2)[..., None])  # the quantizer takes [B, D, h, w]
+        return z_q[..., 0].transpose(1, 2), codes[..., 0], aux
+
+    def decode_features(self, code_vectors: torch.Tensor) -> torch.Tensor:
+        """Code vectors [B, N, code_dim] -> reconstructed features [B, P, C]."""
+        memory = self.from_code(code_vectors) + self.code_positions
+        queries = self.feature_queries.expand(code_vectors.shape[0], -1, -1)
+        return self.feature_out(self.feature_decoder(queries, memory))
+
+    def render_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Features [B, P, C] -> pixels through the renderer (its quantizer, then its decoder)."""
+        side = self.renderer.config.grid_size
+        grid = features.transpose(1, 2).reshape(features.shape[0], self.feature_channels, side, side)
+        z_q = self.renderer.quantizer(self.renderer.quant_conv(grid))[0]
+        return self.renderer._pixels(z_q)
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.quantize(self.features(pixels))[1]
+
+    # ---- decoding ---------------------------------------------------------------------------------------------
+
+    def code_vectors(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, N] -> their vectors [B, N, code_dim]."""
+        return self.quantizer.codes_to_latents(codes[..., None]).squeeze(-1).transpose(1, 2)
+
+    @property
+    def decoding(self) -> str:
+        if self.config.decoding == "auto":
+            return "diffusion" if self.diffusion_decoder is not None else "features"
+        return self.config.decoding
+
+    def _decode(self, codes: torch.Tensor) -> torch.Tensor:
+        vectors = self.code_vectors(codes)
+        if self.decoding == "features":
+            return self.render_features(self.decode_features(vectors))
+        return self.decode_diffusion(codes)
+
+    def decode_diffusion(self, codes: torch.Tensor, num_inference_steps: int | None = None,
+                         guidance_scale: float | None = None) -> torch.Tensor:
+        # The decoder is conditioned on code_embeddings()[codes], as in `mmgen.train.decoder.condition_on_codes`.
+        vectors = self.code_embeddings().to(codes.device)[codes]
+        if self.diffusion_decoder is None:
+            raise ValueError("decoding is 'diffusion' but no diffusion decoder is attached: train one with "
+                             "`mmgen train recipes/decoder/shapes-semantic.yaml`")
+        generator = torch.Generator(device=codes.device).manual_seed(self.config.decode_seed)
+        latents = self.diffusion_decoder.sample(vectors, num_inference_steps, guidance_scale, generator=generator)
+        return self.renderer.render(latents)
+
+    def code_embeddings(self) -> torch.Tensor:
+        return self.quantizer.code_vectors()
+
+    def attach_decoder(self, decoder: DiffusionDecoder | None) -> None:
+        """Decode through `decoder` (conditioned on code vectors, generating renderer latents)."""
+        if decoder is not None:
+            expected = (self.code_embeddings().shape[1], self.num_tokens, self.renderer.latent_shape)
+            got = (decoder.config.cond_dim, decoder.config.num_cond_tokens,
+                   (decoder.config.latent_channels, decoder.config.latent_size, decoder.config.latent_size))
+            if decoder.config.conditioning != "codes" or got != expected:
+                raise ValueError(f"this diffusion decoder does not fit the tokenizer: it takes {got} "
+                                 f"(cond dim, tokens, latent shape) conditioned on {decoder.config.conditioning}, "
+                                 f"the tokenizer needs {expected} conditioned on codes")
+        self.diffusion_decoder = decoder
+
+    # ---- the renderer interface (a diffusion decoder generates in the renderer's latent space) ----------------
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.renderer.latent_shape
+
+    def image_latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.renderer.image_latents(pixels)
+
+    def render(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.renderer.render(latents)
+
+    # ---- persistence ------------------------------------------------------------------------------------------
+
+    def get_config(self) -> dict[str, Any]:
+        return {"tokenizer_type": self.tokenizer_type, **self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> SemanticTokenizer:
+        config = {key: value for key, value in config.items() if key != "tokenizer_type"}
+        return cls(SemanticTokenizerConfig.from_dict(config))
+
+    def _tokenizer_state(self) -> dict[str, torch.Tensor]:
+        # The diffusion decoder is saved on its own, in diffusers format; everything else goes in model.safetensors.
+        return {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("diffusion_decoder.")}
+
+    def _write_files(self, directory: Path) -> None:
+        (directory / "config.json").write_text(json.dumps(self.get_config(), indent=2, sort_keys=True) + "\n")
+        save_file(self._tokenizer_state(), str(directory / WEIGHTS_NAME))
+        if self.diffusion_decoder is not None:
+            (directory / DECODER_SUBDIR).mkdir()
+            self.diffusion_decoder.write_to(directory / DECODER_SUBDIR)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> SemanticTokenizer:
+        path = Path(path)
+        config = read_tokenizer_config(path)
+        if config.get("tokenizer_type") != cls.tokenizer_type:
+            raise ValueError(f"{path} holds a {config.get('tokenizer_type')!r} tokenizer, not 'semantic'")
+        weights = path / WEIGHTS_NAME
+        if not weights.is_file():
+            refuse_pickle_only(path)
+            raise FileNotFoundError(f"no {WEIGHTS_NAME} in tokenizer directory {path}")
+        model = cls.from_config(config)
+        model.load_state_dict(load_file(str(weights)), strict=True)
+        if is_decoder_dir(path / DECODER_SUBDIR):
+            model.attach_decoder(DiffusionDecoder.from_pretrained(path / DECODER_SUBDIR))
+        return model.eval()

@@ -1,0 +1,203 @@
+"""The SEED-style semantic tokenizer and the diffusion decoder head, on tiny configs built in-process."""
+
+import json
+
+import pytest
+import torch
+
+from mmgen.checkpoint import init_unified
+from mmgen.config import load_config
+from mmgen.decoders import DiffusionDecoder, DiffusionDecoderConfig
+from mmgen.errors import UserError
+from mmgen.sampling import ImageGenerator
+from mmgen.tokenizers import (
+    GridTokenizer,
+    QuantizerConfig,
+    SemanticTokenizer,
+    SemanticTokenizerConfig,
+    load_visual_tokenizer,
+)
+from mmgen.train.decoder import DecoderRecipe, train_decoder
+from mmgen.train.semantic_tokenizer import SemanticTokenizerRecipe, load_renderer, train_semantic_tokenizer
+
+TINY_MODEL = SemanticTokenizerConfig(num_queries=8, width=32, num_layers=2, decoder_layers=1, num_heads=2,
+                                     quantizer=QuantizerConfig(kind="fsq", levels=[4, 4, 4]))
+TINY_TRAINING = ["data.num_images=64", "data.eval_images=8", "training.batch_size=8", "training.warmup_steps=2",
+                 "training.log_every=1", "training.sample_every=100", "training.mixed_precision=fp32"]
+
+
+@pytest.fixture(scope="module")
+def renderer_dir(tmp_path_factory):
+    """A tiny grid tokenizer (16x16 -> 4x4 grid), briefly trained so its features carry the image."""
+    from mmgen.train.tokenizer import TokenizerRecipe, train_tokenizer
+
+    out = tmp_path_factory.mktemp("renderer")
+    recipe = load_config(TokenizerRecipe, None, [
+        "model.image_size=16", "model.patch_size=1", "model.block_out_channels=[16,16]", "model.norm_num_groups=8",
+        "model.latent_channels=8", "model.mid_block_add_attention=false", "model.quantizer.kind=fsq",
+        "model.quantizer.levels=[4,4,4]", "training.max_steps=30", "training.learning_rate=0.003",
+        "loss.reconstruction=l2", *TINY_TRAINING, f"output_dir={out}"])
+    return train_tokenizer(recipe, progress=False)
+
+
+@pytest.fixture(scope="module")
+def semantic(renderer_dir):
+    torch.manual_seed(0)
+    return SemanticTokenizer(SemanticTokenizerConfig(**{**TINY_MODEL.__dict__}),
+                             renderer=GridTokenizer.from_pretrained(renderer_dir))
+
+
+def pixels(n=4, seed=0):
+    return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def tiny_decoder(cond_dim=3, tokens=8, seed=0):
+    torch.manual_seed(seed)
+    return DiffusionDecoder(DiffusionDecoderConfig(latent_channels=3, latent_size=4, cond_dim=cond_dim,
+                                                   num_cond_tokens=tokens, hidden_size=32, num_layers=2,
+                                                   num_heads=2, num_inference_steps=3))
+
+
+# ---- diffusion decoder ---------------------------------------------------------------------------------------------
+
+
+def test_decoder_learns_to_map_conditions_to_latents():
+    decoder = tiny_decoder()
+    generator = torch.Generator().manual_seed(0)
+    cond = torch.randn(16, 8, 3, generator=generator)
+    latents = cond.mean(1)[:, :, None, None].expand(16, 3, 4, 4).contiguous()  # a function of the condition
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=3e-3)
+    losses = []
+    for step in range(60):
+        loss = decoder.loss(latents, cond, generator=torch.Generator().manual_seed(step))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
+
+
+def test_decoder_sampling_is_seeded_and_survives_save_load(tmp_path):
+    decoder = tiny_decoder()
+    cond = torch.randn(2, 8, 3)
+    first = decoder.sample(cond, generator=torch.Generator().manual_seed(1))
+    again = decoder.sample(cond, generator=torch.Generator().manual_seed(1))
+    other = decoder.sample(cond, generator=torch.Generator().manual_seed(2))
+    assert first.shape == (2, 3, 4, 4) and torch.equal(first, again) and not torch.allclose(first, other)
+    decoder.save_pretrained(tmp_path / "decoder")
+    assert (tmp_path / "decoder" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = DiffusionDecoder.from_pretrained(tmp_path / "decoder")
+    assert torch.allclose(loaded.sample(cond, generator=torch.Generator().manual_seed(1)), first, atol=1e-6)
+    # guidance changes the result; scale 1 runs no null branch
+    assert not torch.allclose(decoder.sample(cond, guidance_scale=4.0, generator=torch.Generator().manual_seed(1)),
+                              decoder.sample(cond, guidance_scale=1.0, generator=torch.Generator().manual_seed(1)))
+
+
+def test_decoder_refuses_pickle_weights_and_bad_shapes(tmp_path):
+    decoder = tiny_decoder()
+    with pytest.raises(ValueError, match=r"conditioning of shape \[B, 8, 3\]"):
+        decoder.sample(torch.randn(2, 5, 3))
+    with pytest.raises(ValueError, match=r"latents of shape \[B, 3, 4, 4\]"):
+        decoder.loss(torch.randn(2, 3, 8, 8), torch.randn(2, 8, 3))
+    decoder.save_pretrained(tmp_path / "decoder")
+    weights = tmp_path / "decoder" / "transformer" / "diffusion_pytorch_model.safetensors"
+    torch.save(decoder.transformer.state_dict(), weights.with_suffix(".bin"))
+    weights.unlink()
+    with pytest.raises(OSError):
+        DiffusionDecoder.from_pretrained(tmp_path / "decoder")
+    with pytest.raises(FileNotFoundError, match="not a diffusion decoder directory"):
+        DiffusionDecoder.from_pretrained(tmp_path)
+
+
+# ---- semantic tokenizer ----------------------------------------------------------------------------------------------
+
+
+def test_semantic_tokenizer_makes_a_short_1d_code_sequence(semantic):
+    codes = semantic.encode(pixels())
+    assert codes.shape == (4, 8) and semantic.grid_shape == (8,) and semantic.codebook_size == 64
+    assert codes.min() >= 0 and codes.max() < 64
+    assert semantic.decode(codes).shape == (4, 3, 16, 16)
+    assert semantic.code_embeddings().shape == (64, 3)
+
+
+def test_codes_are_causal_code_k_depends_only_on_earlier_queries(semantic):
+    features = semantic.features(pixels())
+    with torch.no_grad():
+        before = semantic.quantize(features)[0]
+        saved = semantic.queries.data.clone()
+        semantic.queries.data[5:] += torch.randn_like(semantic.queries.data[5:])
+        after = semantic.quantize(features)[0]
+        semantic.queries.data.copy_(saved)
+    assert torch.equal(before[:, :5], after[:, :5])
+    assert not torch.equal(before[:, 5:], after[:, 5:])
+
+
+def test_semantic_tokenizer_round_trips_and_recipe_checks_its_renderer(semantic, tmp_path):
+    x = pixels()
+    semantic.save_pretrained(tmp_path / "tok")
+    loaded = load_visual_tokenizer(tmp_path / "tok")
+    assert isinstance(loaded, SemanticTokenizer)
+    assert torch.equal(loaded.encode(x), semantic.encode(x))
+    assert torch.equal(loaded.decode(semantic.encode(x)), semantic.decode(semantic.encode(x)))
+    with pytest.raises(ValueError, match="renderer is read from"):
+        load_config(SemanticTokenizerRecipe, None, ["model.renderer.latent_channels=4",
+                                                    f"renderer={tmp_path / 'tok'}"])
+    with pytest.raises(UserError, match="needs a grid tokenizer"):
+        load_renderer(str(tmp_path / "tok"))
+
+
+def test_semantic_stage_trains_resumes_and_decoder_stage_attaches_a_diffusion_decoder(renderer_dir, tmp_path):
+    def semantic_recipe(out, steps):
+        model = [f"model.{k}={v}" for k, v in (("num_queries", 8), ("width", 32), ("num_layers", 2),
+                                               ("decoder_layers", 1), ("num_heads", 2))]
+        return load_config(SemanticTokenizerRecipe, None, [
+            *model, "model.quantizer.kind=fsq", "model.quantizer.levels=[4,4,4]", f"renderer={renderer_dir}",
+            f"training.max_steps={steps}", "training.checkpoint_every=10", "training.learning_rate=0.003",
+            *TINY_TRAINING, f"output_dir={out}"])
+
+    straight = train_semantic_tokenizer(semantic_recipe(tmp_path / "a", 20), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    assert sum(r["feature"] for r in log[-5:]) < sum(r["feature"] for r in log[:5])
+    # a run stopped at step 10 and re-run with the same command ends with the same weights
+    train_semantic_tokenizer(semantic_recipe(tmp_path / "b", 10), progress=False)
+    (tmp_path / "b" / "tokenizer").rename(tmp_path / "b" / "partial")
+    resumed = train_semantic_tokenizer(semantic_recipe(tmp_path / "b", 20), progress=False)
+    for (name, a), b in zip(load_visual_tokenizer(straight).state_dict().items(),
+                            load_visual_tokenizer(resumed).state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+    recipe = load_config(DecoderRecipe, None, [
+        f"tokenizer={straight}", "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2",
+        "model.num_inference_steps=3", "training.max_steps=6", "training.learning_rate=0.002", *TINY_TRAINING,
+        f"output_dir={tmp_path / 'decoder'}"])
+    with_decoder = train_decoder(recipe, progress=False)
+    assert with_decoder == tmp_path / "decoder" / "tokenizer"
+    tokenizer = load_visual_tokenizer(with_decoder)
+    assert tokenizer.decoding == "diffusion"
+    codes = tokenizer.encode(pixels())
+    first, second = tokenizer.decode(codes), tokenizer.decode(codes)
+    assert torch.equal(first, second)  # the decoder's noise comes from a fixed seed
+    assert not torch.allclose(first, load_visual_tokenizer(straight).decode(codes))  # not the feature path
+
+
+def test_decoder_recipe_refuses_what_this_version_lacks(tmp_path, semantic):
+    semantic.save_pretrained(tmp_path / "tok")
+    with pytest.raises(ValueError, match="conditioning 'hidden_states' is not available"):
+        load_config(DecoderRecipe, None, [f"tokenizer={tmp_path / 'tok'}", "conditioning=hidden_states"])
+
+
+def test_attach_decoder_checks_shapes(semantic):
+    with pytest.raises(ValueError, match="does not fit the tokenizer"):
+        semantic.attach_decoder(tiny_decoder(cond_dim=5))
+
+
+def test_vocabulary_extension_and_sampling_work_unchanged_on_semantic_codes(semantic, tiny_lm_dir, tmp_path):
+    semantic.save_pretrained(tmp_path / "tok")
+    model_dir = init_unified(tiny_lm_dir, tmp_path / "tok", tmp_path / "unified", init="codebook")
+    meta = json.loads((model_dir / "mmgen.json").read_text())
+    assert meta["tokens_per_image"] == 8 and meta["grid_shape"] == [8]
+    generator = ImageGenerator.from_pretrained(model_dir)
+    images = generator.generate(["a photo of a red circle"], num_images=2, seed=0)
+    assert len(images[0]) == 2 and images[0][0].size == (16, 16)
+    codes = generator.generate_codes(["a photo of a red circle"], num_images=2, seed=0)
+    assert codes.shape == (2, 8) and codes.max() < 64
