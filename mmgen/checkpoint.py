@@ -98,6 +98,21 @@ def save_unified(out_dir: str | os.PathLike, model: PreTrainedModel, tokenizer: 
     return out_dir
 
 
+def attach_decoder_to_checkpoint(model_dir: str | os.PathLike, decoder, out_dir: str | os.PathLike) -> Path:
+    """Copy a unified checkpoint to `out_dir` with `decoder` (a DiffusionDecoder) in its `decoder/`."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    meta = read_meta(model_dir)
+    with atomic_directory(out_dir, replace_marker=MMGEN_JSON) as staging:
+        # Only the checkpoint's own decoder/ is replaced (a semantic visual tokenizer keeps its decoder/).
+        top_level_decoder = lambda folder, names: [DECODER_DIR] if Path(folder) == model_dir else []  # noqa: E731
+        shutil.copytree(model_dir, staging, dirs_exist_ok=True, ignore=top_level_decoder)
+        (staging / DECODER_DIR).mkdir()
+        decoder.write_to(staging / DECODER_DIR)
+        meta["decoder"] = DECODER_DIR
+        (staging / MMGEN_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir
+
+
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """mmgen.json of a unified checkpoint, checked for the keys every consumer relies on."""
     path = Path(path)

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from mmgen.checkpoint import UnifiedModel, load_unified, read_meta
+from mmgen.checkpoint import DECODER_DIR, UnifiedModel, load_unified, read_meta
+from mmgen.decoders.conditioning import code_embedding_condition, image_span_hidden_states
 from mmgen.errors import UserError
 from mmgen.images import center_square, load_image, pil_to_tensor, tensor_to_pil
 from mmgen.vocab import ImageVocab
@@ -131,10 +132,13 @@ class CodeHead:
 class ImageGenerator:
     """Text-to-image and editing from a unified checkpoint. `generate(prompts)` returns images per prompt."""
 
-    def __init__(self, unified: UnifiedModel, merge_adapter: bool = True, exact_code_head: bool | None = None):
+    def __init__(self, unified: UnifiedModel, merge_adapter: bool = True, exact_code_head: bool | None = None,
+                 decoder: str = "tokenizer"):
         """`merge_adapter=False` samples through a LoRA-wrapped model as it is (e.g. mid-training, where merging
         would alter the weights being trained). `exact_code_head` skips the code head's probe when the caller has
-        already verified this model (True: the code-row slice is exact; False: use the full head)."""
+        already verified this model (True: the code-row slice is exact; False: use the full head).
+        `decoder`: "tokenizer" renders codes with the visual tokenizer's own decoder; "diffusion" with the
+        checkpoint's diffusion decoder head (`decoder/`)."""
         model = unified.model
         if merge_adapter and hasattr(model, "merge_and_unload"):  # merged once: sampling pays no LoRA matmuls
             model = model.merge_and_unload()
@@ -151,12 +155,16 @@ class ImageGenerator:
         else:
             self.head = CodeHead(model, self.vocab, verify=False, full_head=not exact_code_head)
         self.pad_id = self.vocab.end_id  # any id works: padded positions are masked out
+        if decoder not in DECODERS:
+            raise UserError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+        self.diffusion = load_checkpoint_decoder(unified) if decoder == "diffusion" else None
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu", dtype: str | None = None,
-                        adapter: str | os.PathLike | None = None, attn_implementation: str = "sdpa") -> ImageGenerator:
+                        adapter: str | os.PathLike | None = None, attn_implementation: str = "sdpa",
+                        decoder: str = "tokenizer") -> ImageGenerator:
         return cls(load_unified(path, device=device, dtype=dtype, adapter=adapter,
-                                attn_implementation=attn_implementation))
+                                attn_implementation=attn_implementation), decoder=decoder)
 
     def config(self, **overrides) -> SamplingConfig:
         return SamplingConfig.from_defaults(self.unified.meta.get("sampling", {}), **overrides)
@@ -167,7 +175,12 @@ class ImageGenerator:
                  **overrides) -> list[list[Image.Image]]:
         """`num_images` images for each prompt, as `[prompt][image]` PIL images."""
         config = self._settle(config, overrides)
-        return self._group(self.decode(self.generate_codes(prompts, config, progress)), config.num_images)
+        prompts = _as_list(prompts)
+        codes = self.generate_codes(prompts, config, progress)
+        if self.diffusion is None:
+            return self._group(self.decode(codes), config.num_images)
+        rows = [self.prompts.text_to_image(prompt) for prompt in prompts for _ in range(config.num_images)]
+        return self._group(self.render_with_diffusion(codes, rows, config), config.num_images)
 
     def generate_codes(self, prompts: str | Sequence[str], config: SamplingConfig | None = None,
                        progress: bool = False, **overrides) -> torch.Tensor:
@@ -190,7 +203,10 @@ class ImageGenerator:
         cond = [self.prompts.edit(codes, text) for codes, text in zip(source_codes, instructions, strict=True)]
         uncond = [self.prompts.edit(codes, None) for codes in source_codes]
         codes = self.sample_codes(cond, uncond, config, progress)
-        return self._group(self.decode(codes), config.num_images)
+        if self.diffusion is None:
+            return self._group(self.decode(codes), config.num_images)
+        rows = [prompt for prompt in cond for _ in range(config.num_images)]
+        return self._group(self.render_with_diffusion(codes, rows, config), config.num_images)
 
     @torch.no_grad()
     def encode_images(self, images: Sequence[Image.Image | str]) -> torch.Tensor:
@@ -203,6 +219,30 @@ class ImageGenerator:
         images = []
         for chunk in codes.split(batch_size):
             images += tensor_to_pil(self.visual_tokenizer.decode(chunk.to(self.device)))
+        return images
+
+    @torch.no_grad()
+    def render_with_diffusion(self, codes: torch.Tensor, prompts: list[list[int]], config: SamplingConfig
+                              ) -> list[Image.Image]:
+        """Codes [R, N] -> images through the diffusion decoder head. `prompts[r]` is row r's prompt ids (ending in
+        image_start): hidden-state decoders read the LLM over prompt + codes. Row r's noise comes from the seed
+        `config.seed + r`, like its codes, so an image does not depend on its batch."""
+        images = []
+        decoder, first = self.diffusion, self.vocab.first_code_id
+        for start in range(0, len(codes), config.batch_size):
+            chunk = codes[start:start + config.batch_size].to(self.device)
+            if decoder.config.conditioning == "codes":
+                cond = code_embedding_condition(self.visual_tokenizer, chunk)
+            else:
+                sequences = [prompt + (row + first).tolist()
+                             for prompt, row in zip(prompts[start:start + len(chunk)], chunk, strict=True)]
+                ids, mask = left_pad(sequences, self.pad_id, self.device)
+                cond = image_span_hidden_states(self.body, ids, mask, self.vocab, self.num_tokens).float()
+            shape = (decoder.config.latent_channels, decoder.config.latent_size, decoder.config.latent_size)
+            noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(config.seed + start + i))
+                                 for i in range(len(chunk))])
+            latents = decoder.sample(cond.to(next(decoder.parameters()).dtype), noise=noise)
+            images += tensor_to_pil(self.visual_tokenizer.render(latents))
         return images
 
     # ---- the sampler -----------------------------------------------------------------------------------------
@@ -306,6 +346,24 @@ class ImageGenerator:
         return [images[i:i + per_prompt] for i in range(0, len(images), per_prompt)]
 
 
+DECODERS = ("tokenizer", "diffusion")
+
+
+def load_checkpoint_decoder(unified: UnifiedModel):
+    """The checkpoint's diffusion decoder head, checked against its visual tokenizer."""
+    from mmgen.decoders import DiffusionDecoder, is_decoder_dir
+
+    folder = unified.path / DECODER_DIR if unified.path is not None else None
+    if folder is None or not is_decoder_dir(folder):
+        raise UserError(f"{unified.path} has no diffusion decoder (decoder/); train one with `mmgen train "
+                        "recipes/decoder/shapes-hidden-states.yaml`, or use the tokenizer's decoder")
+    if not hasattr(unified.visual_tokenizer, "render"):
+        raise UserError(f"{unified.path}: its {unified.visual_tokenizer.tokenizer_type!r} visual tokenizer has no "
+                        "renderer for the diffusion decoder's latents")
+    device = next(unified.visual_tokenizer.parameters()).device
+    return DiffusionDecoder.from_pretrained(folder).to(device)
+
+
 def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-id lists as one left-padded batch `(input_ids, attention_mask)`: the last real token of every row sits
     in the last column, where generation continues."""
@@ -328,8 +386,9 @@ def _as_list(prompts: str | Sequence[str]) -> list[str]:
 
 
 def load_generator(path: str | os.PathLike, settings: dict, device: str = "cpu", dtype: str | None = None,
-                   adapter: str | os.PathLike | None = None) -> tuple[ImageGenerator, SamplingConfig]:
+                   adapter: str | os.PathLike | None = None, decoder: str = "tokenizer"
+                   ) -> tuple[ImageGenerator, SamplingConfig]:
     """Check `settings` against the checkpoint's defaults, then load it: a bad setting costs no model load."""
     SamplingConfig.from_defaults(read_meta(path).get("sampling", {}), **settings)
-    generator = ImageGenerator.from_pretrained(path, device=device, dtype=dtype, adapter=adapter)
+    generator = ImageGenerator.from_pretrained(path, device=device, dtype=dtype, adapter=adapter, decoder=decoder)
     return generator, generator.config(**settings)

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -180,10 +181,12 @@ def test_semantic_stage_trains_resumes_and_decoder_stage_attaches_a_diffusion_de
     assert not torch.allclose(first, load_visual_tokenizer(straight).decode(codes))  # not the feature path
 
 
-def test_decoder_recipe_refuses_what_this_version_lacks(tmp_path, semantic):
+def test_decoder_recipe_names_the_inputs_each_conditioning_takes(tmp_path, semantic):
     semantic.save_pretrained(tmp_path / "tok")
-    with pytest.raises(ValueError, match="conditioning 'hidden_states' is not available"):
+    with pytest.raises(ValueError, match="'hidden_states' takes `checkpoint:`"):
         load_config(DecoderRecipe, None, [f"tokenizer={tmp_path / 'tok'}", "conditioning=hidden_states"])
+    with pytest.raises(ValueError, match="'codes' takes `tokenizer:`"):
+        load_config(DecoderRecipe, None, [f"checkpoint={tmp_path / 'tok'}"])
 
 
 def test_attach_decoder_checks_shapes(semantic):
@@ -201,3 +204,63 @@ def test_vocabulary_extension_and_sampling_work_unchanged_on_semantic_codes(sema
     assert len(images[0]) == 2 and images[0][0].size == (16, 16)
     codes = generator.generate_codes(["a photo of a red circle"], num_images=2, seed=0)
     assert codes.shape == (2, 8) and codes.max() < 64
+
+
+def test_one_pass_codes_and_latents_equal_the_separate_calls(semantic):
+    x = pixels()
+    for tokenizer in (semantic, semantic.renderer):
+        codes, latents = tokenizer.encode_with_latents(x)
+        assert torch.equal(codes, tokenizer.encode(x))
+        assert torch.allclose(latents, tokenizer.image_latents(x))
+        assert latents.shape[1:] == tokenizer.latent_shape
+
+
+# ---- (b) the hidden-state decoder head on a unified checkpoint -------------------------------------------------------
+
+
+@pytest.fixture()
+def built_t2i(unified_dir, tmp_path):
+    """Text-to-image sequences of the tiny unified checkpoint, saved like `mmgen data build` output."""
+    from datasets import Dataset, DatasetDict
+
+    from mmgen.checkpoint import load_unified
+
+    unified = load_unified(unified_dir, with_model=False)
+    generator = torch.Generator().manual_seed(0)
+    rows = [unified.prompts.text_to_image_example(f"a photo of {n} red circles", torch.randint(
+        0, unified.vocab.codebook_size, (unified.num_image_tokens,), generator=generator)) for n in range(40)]
+    out = tmp_path / "built"
+    DatasetDict({"train": Dataset.from_list(rows[:32]), "eval": Dataset.from_list(rows[32:])}).save_to_disk(out)
+    return out
+
+
+def test_hidden_state_decoder_trains_attaches_to_the_checkpoint_and_samples(unified_dir, built_t2i, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    recipe = load_config(DecoderRecipe, None, [
+        "conditioning=hidden_states", f"checkpoint={unified_dir}", f"sequences={built_t2i}",
+        "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.num_inference_steps=3",
+        "training.max_steps=8", "training.batch_size=8", "training.learning_rate=0.002", "training.warmup_steps=2",
+        "training.log_every=1", "training.sample_every=100", "training.mixed_precision=fp32",
+        f"output_dir={tmp_path / 'run'}"])
+    model_dir = train_decoder(recipe, progress=False)
+    assert model_dir == tmp_path / "run" / "model"
+    assert json.loads((model_dir / "mmgen.json").read_text())["decoder"] == "decoder"
+    AutoModelForCausalLM.from_pretrained(model_dir)  # still a plain transformers checkpoint
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert len(losses) == 8 and all(v == v for v in losses)
+
+    generator = ImageGenerator.from_pretrained(model_dir, decoder="diffusion")
+    assert generator.diffusion.config.conditioning == "hidden_states"
+    together = generator.generate(["a red circle", "two blue squares"], num_images=2, seed=3, batch_size=4)
+    apart = generator.generate(["two blue squares"], num_images=2, seed=5, batch_size=1)
+    assert together[1][0].size == (16, 16)
+    # image k of prompt j draws codes and decoder noise from seed + j * images + k, whatever the batching
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(together[1], apart[0], strict=True))
+    plain = ImageGenerator.from_pretrained(model_dir).generate(["a red circle"], num_images=1, seed=3)
+    assert not np.array_equal(np.asarray(plain[0][0]), np.asarray(together[0][0]))
+
+
+def test_diffusion_decoder_option_needs_a_decoder(unified_dir):
+    with pytest.raises(UserError, match="has no diffusion decoder"):
+        ImageGenerator.from_pretrained(unified_dir, decoder="diffusion")

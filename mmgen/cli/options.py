@@ -15,6 +15,9 @@ def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     group.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                        help="model dtype (default: as stored)")
+    group.add_argument("--decoder", choices=["tokenizer", "diffusion"], default="tokenizer",
+                       help="render codes with the visual tokenizer's decoder (default) or the checkpoint's "
+                            "diffusion decoder head (decoder/)")
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -37,4 +40,5 @@ def open_generator(args: argparse.Namespace, settings: dict):
     """Load `args.model` for sampling with `settings`; invalid settings fail before the checkpoint loads."""
     from mmgen.sampling import load_generator
 
-    return load_generator(args.model, settings, device=args.device, dtype=args.dtype, adapter=args.adapter)
+    return load_generator(args.model, settings, device=args.device, dtype=args.dtype, adapter=args.adapter,
+                          decoder=args.decoder)

@@ -148,8 +148,9 @@ class DiffusionDecoder(nn.Module):
 
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, num_inference_steps: int | None = None, guidance_scale: float | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """Latents [B, C, h, w] for cond [B, N, cond_dim]. Same generator state, same latents."""
+               generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents [B, C, h, w] for cond [B, N, cond_dim], from `noise` [B, C, h, w] if given (e.g. drawn per image
+        from its own seed, so an image does not depend on its batch), else drawn from `generator`."""
         steps = num_inference_steps or self.config.num_inference_steps
         scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
         if steps < 1 or not math.isfinite(scale) or scale < 0:
@@ -159,8 +160,11 @@ class DiffusionDecoder(nn.Module):
         batch, device = cond.shape[0], cond.device
         c = self.config
         shape = (batch, c.latent_channels, c.latent_size, c.latent_size)
-        x = torch.randn(shape, generator=generator, device="cpu" if generator is None else generator.device)
-        x = x.to(device=device, dtype=cond.dtype)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device="cpu" if generator is None else generator.device)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"expected noise of shape {list(shape)}, got {list(noise.shape)}")
+        x = noise.to(device=device, dtype=cond.dtype)
         tokens = self.condition_encoder(cond)
         guided = scale != 1.0
         if guided:

@@ -27,9 +27,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmgen.config import strict_from_dict
+from mmgen.decoders.conditioning import code_embedding_condition
 from mmgen.decoders.diffusion import DiffusionDecoder, is_decoder_dir
 
-from .base import WEIGHTS_NAME, VisualTokenizer, read_tokenizer_config, refuse_pickle_only, register_visual_tokenizer
+from .base import (
+    WEIGHTS_NAME,
+    VisualTokenizer,
+    _eval_mode,
+    read_tokenizer_config,
+    refuse_pickle_only,
+    register_visual_tokenizer,
+)
 from .quantizers import Quantizer, QuantizerConfig
 from .vq_grid import GridTokenizer, GridTokenizerConfig
 
@@ -131,9 +139,11 @@ class SemanticTokenizer(VisualTokenizer):
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """The frozen encoder's features [B, P, C] the codes must carry (the renderer's pre-quantization latents)."""
+        return self._encoder_output(pixels).flatten(2).transpose(1, 2).float()
+
+    def _encoder_output(self, pixels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            latents = self.renderer.encoder(self.renderer.patchify(pixels))
-        return latents.flatten(2).transpose(1, 2).float()
+            return self.renderer.encoder(self.renderer.patchify(pixels))
 
     def quantize(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Features [B, P, C] -> (code vectors [B, N, code_dim], codes [B, N], aux loss)."""
@@ -180,8 +190,7 @@ class SemanticTokenizer(VisualTokenizer):
 
     def decode_diffusion(self, codes: torch.Tensor, num_inference_steps: int | None = None,
                          guidance_scale: float | None = None) -> torch.Tensor:
-        # The decoder is conditioned on code_embeddings()[codes], as in `mmgen.train.decoder.condition_on_codes`.
-        vectors = self.code_embeddings().to(codes.device)[codes]
+        vectors = code_embedding_condition(self, codes)  # what the decoder stage trained it on
         if self.diffusion_decoder is None:
             raise ValueError("decoding is 'diffusion' but no diffusion decoder is attached: train one with "
                              "`mmgen train recipes/decoder/shapes-semantic.yaml`")
@@ -212,6 +221,16 @@ class SemanticTokenizer(VisualTokenizer):
 
     def image_latents(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.renderer.image_latents(pixels)
+
+    @torch.no_grad()
+    def encode_with_latents(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes, renderer latents) from one pass of the frozen encoder."""
+        self._check_pixels(pixels)
+        with _eval_mode(self):
+            grid = self._encoder_output(pixels)
+            codes = self.quantize(grid.flatten(2).transpose(1, 2).float())[1]
+            latents = self.renderer.quantizer(self.renderer.quant_conv(grid))[0]
+        return codes, latents
 
     def render(self, latents: torch.Tensor) -> torch.Tensor:
         return self.renderer.render(latents)

@@ -167,6 +167,20 @@ class GridTokenizer(VisualTokenizer):
             return self.quantizer(self._latents(pixels))[0]
 
     @torch.no_grad()
+    def latents_from_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, num_tokens] -> the quantized latents they stand for (exactly what `image_latents` gives)."""
+        self._check_codes(codes)
+        return self.quantizer.codes_to_latents(codes.reshape(codes.shape[0], *self.grid_shape))
+
+    @torch.no_grad()
+    def encode_with_latents(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes, image_latents) from one encoder pass: what a diffusion decoder trains on."""
+        self._check_pixels(pixels)
+        with _eval_mode(self):
+            z_q, codes, _ = self.quantizer(self._latents(pixels))
+        return codes.reshape(pixels.shape[0], self.num_tokens), z_q
+
+    @torch.no_grad()
     def render(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (e.g. sampled by a diffusion decoder) -> pixels in [-1, 1]. They are first snapped to the nearest
         codes, so a slightly-off sample renders as the clean image of those codes."""

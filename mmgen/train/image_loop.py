@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -139,19 +140,25 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def run_image_loop(accelerator: Accelerator, cfg: ImageTrainingConfig, output_dir: Path,
-                   train_set: ImageTensorDataset, eval_set: ImageTensorDataset,
-                   train_step: Callable[[int, torch.Tensor], dict],
-                   write_samples: Callable[[int, torch.Tensor], None],
-                   lr: Callable[[], float], desc: str, progress: bool = True) -> dict[str, str]:
+                   train_set: torch.utils.data.Dataset, eval_set: torch.utils.data.Dataset,
+                   train_step: Callable[[int, Any], dict], write_samples: Callable[[int, Any], None],
+                   lr: Callable[[], float], desc: str, progress: bool = True,
+                   collate: Callable[[list], tuple[Any, list]] = collate_images,
+                   prepare: Callable[[Any], Any] | None = None) -> dict[str, str]:
     """Run (or resume) steps up to `cfg.max_steps`; everything prepared on `accelerator` is checkpointed.
 
-    Returns the unreadable images skipped (row -> reason), also written to `skipped_images.json`.
+    By default the datasets yield images (uint8 tensors or skipped-image records) and the steps get pixels in
+    [-1, 1] on the device; other data brings its own `collate` (items -> (batch, skipped)) and `prepare`
+    (batch -> step input). Returns the unreadable rows skipped (row -> reason), also in `skipped_images.json`.
     """
+    if prepare is None:
+        def prepare(batch):
+            return to_pixels(batch).to(accelerator.device)
     checkpoint = latest_checkpoint(output_dir)
     state = json.loads((checkpoint / "trainer_state.json").read_text()) if checkpoint else {}
     start_step = state.get("step", 0)
     sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, start_step, cfg.max_steps)
-    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_images,
+    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=cfg.num_workers)
     # Starting the loader draws its base seed from the global RNG. Restore the checkpoint's RNG state after that
     # draw, so the resumed run's random stream (dead-code restarts, dropout, noise) is the uninterrupted run's.
@@ -159,7 +166,7 @@ def run_image_loop(accelerator: Accelerator, cfg: ImageTrainingConfig, output_di
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         accelerator.print(f"resuming from {checkpoint} (step {start_step})")
-    fixed_eval = to_pixels(collate_images([eval_set[i] for i in range(min(16, len(eval_set)))])[0])
+    fixed_eval = prepare(collate([eval_set[i] for i in range(min(16, len(eval_set)))])[0])
     skipped: dict[str, str] = state.get("skipped", {})  # row -> reason; a row is reported once
     log_path = output_dir / "train_log.jsonl"
     bar = tqdm(total=cfg.max_steps, initial=start_step, desc=desc, disable=not progress or
@@ -167,10 +174,10 @@ def run_image_loop(accelerator: Accelerator, cfg: ImageTrainingConfig, output_di
     step, started = start_step, time.perf_counter()
     for batch, bad in batches:
         skipped.update((item.name, item.reason) for item in bad)
-        if batch.shape[0] == 0:
+        if len(batch) == 0:
             step += 1
             continue
-        metrics = train_step(step, to_pixels(batch).to(accelerator.device))
+        metrics = train_step(step, prepare(batch))
         step += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.max_steps:
@@ -181,7 +188,7 @@ def run_image_loop(accelerator: Accelerator, cfg: ImageTrainingConfig, output_di
                 with log_path.open("a") as log:
                     log.write(json.dumps(metrics) + "\n")
         if (step % cfg.sample_every == 0 or step == cfg.max_steps) and accelerator.is_main_process:
-            write_samples(step, fixed_eval.to(accelerator.device))
+            write_samples(step, fixed_eval)
         if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
             save_checkpoint(accelerator, output_dir, step, cfg.keep_checkpoints, skipped)
     bar.close()
