@@ -114,16 +114,19 @@ class SemanticTokenizer(VisualTokenizer):
         self.num_features = side * side
         width, heads = config.width, config.num_heads
 
+        # Positions and queries start at unit scale, like the content they are added to: at BERT's 0.02 the
+        # position signal drowns and the feature decoder sat at the mean (relative MSE 0.93 after 650 steps,
+        # 0.37 after 900 with unit scale).
         self.feature_in = nn.Linear(self.feature_channels, width)
-        self.feature_positions = nn.Parameter(torch.randn(self.num_features, width) * 0.02)
-        self.queries = nn.Parameter(torch.randn(config.num_queries, width) * 0.02)
+        self.feature_positions = nn.Parameter(torch.randn(self.num_features, width))
+        self.queries = nn.Parameter(torch.randn(config.num_queries, width))
         self.query_transformer = _transformer(width, heads, config.num_layers)
         code_dim = config.quantizer.vector_dim(width)
         self.to_code = nn.Linear(width, code_dim)
         self.quantizer = Quantizer(config.quantizer, dim=code_dim)
         self.from_code = nn.Linear(code_dim, width)
-        self.code_positions = nn.Parameter(torch.randn(config.num_queries, width) * 0.02)
-        self.feature_queries = nn.Parameter(torch.randn(self.num_features, width) * 0.02)
+        self.code_positions = nn.Parameter(torch.randn(config.num_queries, width))
+        self.feature_queries = nn.Parameter(torch.randn(self.num_features, width))
         self.feature_decoder = _transformer(width, heads, config.decoder_layers)
         self.feature_out = nn.Linear(width, self.feature_channels)
         causal = nn.Transformer.generate_square_subsequent_mask(config.num_queries)
