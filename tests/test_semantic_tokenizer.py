@@ -264,3 +264,17 @@ def test_hidden_state_decoder_trains_attaches_to_the_checkpoint_and_samples(unif
 def test_diffusion_decoder_option_needs_a_decoder(unified_dir):
     with pytest.raises(UserError, match="has no diffusion decoder"):
         ImageGenerator.from_pretrained(unified_dir, decoder="diffusion")
+
+
+def test_cli_trains_a_semantic_tokenizer_through_either_verb(renderer_dir, tmp_path):
+    from mmgen.recipes import recipe_path
+
+    from mmgen.cli import main
+
+    tiny = ["model.num_queries=8", "model.width=32", "model.num_layers=1", "model.num_heads=2",
+            "model.quantizer.levels=[4,4,4]", f"renderer={renderer_dir}", "training.max_steps=2", *TINY_TRAINING]
+    recipe = str(recipe_path("tokenizer/shapes-semantic.yaml"))
+    for verb in (["train"], ["tokenizer", "train"]):
+        out = tmp_path / "_".join(verb)
+        assert main([*verb, recipe, *tiny, f"output_dir={out}"]) == 0
+        assert isinstance(load_visual_tokenizer(out / "tokenizer"), SemanticTokenizer)

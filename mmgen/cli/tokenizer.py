@@ -55,8 +55,13 @@ def add_recipe_arguments(parser) -> None:
 
 
 def run_tokenizer_train(args) -> int:
-    from mmgen.config import load_config
+    from mmgen.config import load_config, read_recipe_key
     from mmgen.train.tokenizer import TokenizerRecipe, train_tokenizer
+
+    if read_recipe_key(args.recipe, "stage") == "semantic_tokenizer":
+        from mmgen.cli.train import run_semantic_tokenizer_train
+
+        return run_semantic_tokenizer_train(args)
 
     recipe = load_config(TokenizerRecipe, args.recipe, args.overrides)
     if getattr(args, "dry_run", False):

@@ -186,9 +186,8 @@ class SemanticTokenizer(VisualTokenizer):
         return self.config.decoding
 
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
-        vectors = self.code_vectors(codes)
         if self.decoding == "features":
-            return self.render_features(self.decode_features(vectors))
+            return self.render_features(self.decode_features(self.code_vectors(codes)))
         return self.decode_diffusion(codes)
 
     def decode_diffusion(self, codes: torch.Tensor, num_inference_steps: int | None = None,
