@@ -50,8 +50,11 @@ def load_config(schema: type[T], path: str | os.PathLike | None = None, override
     """
     source = str(path) if path is not None else "<defaults>"
     layers = _recipe_layers(Path(path)) if path is not None else []
-    if overrides:
-        layers.append(("command line", _parse_overrides(overrides)))
+    # `sources.0.path=...` addresses an item of a list; OmegaConf's dotlist would make "0" a dict key instead.
+    indexed = [item for item in overrides if any(part.isdigit() for part in item.split("=", 1)[0].split("."))]
+    plain = [item for item in overrides if item not in indexed]
+    if plain:
+        layers.append(("command line", _parse_overrides(plain)))
 
     merged = OmegaConf.structured(schema)
     for origin, layer in layers:
@@ -60,6 +63,8 @@ def load_config(schema: type[T], path: str | os.PathLike | None = None, override
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as err:
             raise ConfigError(f"{origin}: {_describe_omegaconf_error(err)}") from None
+    for item in indexed:
+        _apply_indexed_override(schema, merged, item)
     try:
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
@@ -121,6 +126,39 @@ def _parse_overrides(overrides) -> DictConfig:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as err:
         raise ConfigError(f"command line: {_describe_omegaconf_error(err)}") from None
+
+
+def _apply_indexed_override(schema: type, merged: DictConfig, item: str) -> None:
+    """Apply `a.0.b=value` to the merged recipe: every name must be a field, every index an existing item."""
+    key, _, _ = item.partition("=")
+    node, node_schema, walked = merged, schema, []
+    for part in key.split("."):
+        where = ".".join(walked) or "the recipe"
+        if isinstance(node, ListConfig):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"command line: key '{key}': {where} is a list of {len(node)} item(s); "
+                                  f"use an index from 0 to {len(node) - 1}")
+            node = node[int(part)]
+            node_schema = _dataclass_in(_list_item_hint(node_schema)) if node_schema else None
+        else:
+            typed = dataclasses.is_dataclass(node_schema)
+            fields = {f.name: f for f in dataclasses.fields(node_schema)} if typed else {}
+            if typed and part not in fields:
+                raise ConfigError(f"command line: unknown key '{key}'{_closest(part, fields, '.'.join(walked + ['']))}")
+            hint = typing.get_type_hints(node_schema)[part] if typed else None
+            node = node.get(part) if isinstance(node, DictConfig) else None
+            node_schema = hint if typing.get_origin(hint) is list else _dataclass_in(hint)
+        walked.append(part)
+    value = _parse_overrides([f"value={item.partition('=')[2]}"])["value"]
+    try:
+        OmegaConf.update(merged, key, value, merge=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"command line: {_describe_omegaconf_error(err)}") from None
+
+
+def _list_item_hint(hint: Any) -> Any:
+    args = typing.get_args(hint)
+    return args[0] if typing.get_origin(hint) is list and args else None
 
 
 def _reject_unknown_keys(schema: type, layer: DictConfig | ListConfig, origin: str, prefix: str = "") -> None:

@@ -124,3 +124,30 @@ def test_extends_errors_name_the_file(tmp_path):
     (tmp_path / "base.yaml").write_text("stage: x\n")
     message = one_line_error(tmp_path / "d.yaml")
     assert "d.yaml" in message and "did you mean 'optim.learning_rate'" in message
+
+
+@dataclass
+class Source:
+    path: str = "x"
+    task: str | None = None
+    weight: float = 1.0
+
+
+@dataclass
+class Mixture:
+    sources: list[Source] = field(default_factory=list)
+    cond_dropout: float = 0.1
+
+
+def test_overrides_address_list_items_by_index(tmp_path):
+    recipe = tmp_path / "data.yaml"
+    recipe.write_text("sources:\n  - path: a\n    task: t2i\n  - path: b\n    task: edit\n")
+    config = load_config(Mixture, recipe, ["sources.1.weight=3.5", "sources.0.path=c", "cond_dropout=0.2"])
+    assert [(s.path, s.task, s.weight) for s in config.sources] == [("c", "t2i", 1.0), ("b", "edit", 3.5)]
+    assert config.cond_dropout == 0.2
+    with pytest.raises(ConfigError, match=r"'sources.2.path': sources is a list of 2 item\(s\)"):
+        load_config(Mixture, recipe, ["sources.2.path=x"])
+    with pytest.raises(ConfigError, match="unknown key 'sources.0.pth'; did you mean 'sources.0.path'"):
+        load_config(Mixture, recipe, ["sources.0.pth=x"])
+    with pytest.raises(ConfigError, match=r"sources\[0\].weight. has the wrong type"):
+        load_config(Mixture, recipe, ["sources.0.weight=heavy"])
