@@ -13,6 +13,7 @@ from mmgen.errors import UserError
 from mmgen.sampling import ImageGenerator
 from mmgen.tokenizers import (
     GridTokenizer,
+    GridTokenizerConfig,
     QuantizerConfig,
     SemanticTokenizer,
     SemanticTokenizerConfig,
@@ -44,8 +45,9 @@ def renderer_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def semantic(renderer_dir):
     torch.manual_seed(0)
-    return SemanticTokenizer(SemanticTokenizerConfig(**{**TINY_MODEL.__dict__}),
-                             renderer=GridTokenizer.from_pretrained(renderer_dir))
+    tokenizer = SemanticTokenizer(TINY_MODEL, renderer=GridTokenizer.from_pretrained(renderer_dir))
+    assert TINY_MODEL.renderer == GridTokenizerConfig()  # the caller's config is not rewritten
+    return tokenizer
 
 
 def pixels(n=4, seed=0):
@@ -185,6 +187,9 @@ def test_decoder_recipe_names_the_inputs_each_conditioning_takes(tmp_path, seman
     semantic.save_pretrained(tmp_path / "tok")
     with pytest.raises(ValueError, match="'hidden_states' takes `checkpoint:`"):
         load_config(DecoderRecipe, None, [f"tokenizer={tmp_path / 'tok'}", "conditioning=hidden_states"])
+    with pytest.raises(ValueError, match="not `tokenizer:` or `data:`"):
+        load_config(DecoderRecipe, None, [f"checkpoint={tmp_path / 'tok'}", f"sequences={tmp_path / 'tok'}",
+                                          "conditioning=hidden_states", "data.num_images=10"])
     with pytest.raises(ValueError, match="'codes' takes `tokenizer:`"):
         load_config(DecoderRecipe, None, [f"checkpoint={tmp_path / 'tok'}"])
 

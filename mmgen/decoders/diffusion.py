@@ -128,6 +128,10 @@ class DiffusionDecoder(nn.Module):
 
     # ---- training ----------------------------------------------------------------------------------------------
 
+    def forward(self, latents: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The training loss (so a DDP-wrapped decoder all-reduces its gradients)."""
+        return self.loss(latents, cond)
+
     def loss(self, latents: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None
              ) -> torch.Tensor:
         """Flow-matching loss on a batch: latents [B, C, h, w] (renderer space), cond [B, N, cond_dim]."""

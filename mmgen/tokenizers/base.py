@@ -129,7 +129,16 @@ class VisualTokenizer(nn.Module, ABC):
 
     def _write_files(self, directory: Path) -> None:
         (directory / CONFIG_NAME).write_text(json.dumps(self.get_config(), indent=2, sort_keys=True) + "\n")
-        save_model(self, str(directory / WEIGHTS_NAME))
+        self._save_weights(directory / WEIGHTS_NAME)
+
+    def _save_weights(self, file: Path) -> None:
+        save_model(self, str(file))
+
+    def _load_weights(self, file: Path) -> None:
+        load_model(self, str(file), strict=True)
+
+    def _load_attachments(self, path: Path) -> None:
+        """Load what a family keeps beside its weights (e.g. a diffusion decoder in `decoder/`); none by default."""
 
     @classmethod
     def from_pretrained(cls: type[TokenizerT], path: str | os.PathLike) -> TokenizerT:
@@ -147,7 +156,8 @@ class VisualTokenizer(nn.Module, ABC):
             refuse_pickle_only(path)
             raise FileNotFoundError(f"no {WEIGHTS_NAME} in tokenizer directory {path}")
         model = cls.from_config(config)
-        load_model(model, str(weights), strict=True)
+        model._load_weights(weights)
+        model._load_attachments(path)
         return model.eval()
 
 

@@ -16,9 +16,7 @@ an attached diffusion decoder lives in `decoder/` in diffusers format.
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +28,7 @@ from mmgen.config import strict_from_dict
 from mmgen.decoders.conditioning import code_embedding_condition
 from mmgen.decoders.diffusion import DiffusionDecoder, is_decoder_dir
 
-from .base import (
-    WEIGHTS_NAME,
-    VisualTokenizer,
-    _eval_mode,
-    read_tokenizer_config,
-    refuse_pickle_only,
-    register_visual_tokenizer,
-)
+from .base import VisualTokenizer, _eval_mode, register_visual_tokenizer
 from .quantizers import Quantizer, QuantizerConfig
 from .vq_grid import GridTokenizer, GridTokenizerConfig
 
@@ -99,8 +90,8 @@ class SemanticTokenizer(VisualTokenizer):
     def __init__(self, config: SemanticTokenizerConfig | None = None, renderer: GridTokenizer | None = None):
         super().__init__()
         config = config or SemanticTokenizerConfig()
-        if renderer is not None:
-            config.renderer = renderer.config
+        if renderer is not None:  # the renderer's own shape wins (without changing the caller's config)
+            config = replace(config, renderer=renderer.config)
         self.config = config
         self.renderer = renderer or GridTokenizer(config.renderer)
         self.renderer.requires_grad_(False)
@@ -139,6 +130,12 @@ class SemanticTokenizer(VisualTokenizer):
         return self
 
     # ---- encoding ---------------------------------------------------------------------------------------------
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass: pixels -> (encoder features, features decoded from the codes, quantizer aux loss)."""
+        features = self.features(pixels)
+        vectors, _, aux = self.quantize(features)
+        return features, self.decode_features(vectors), aux
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """The frozen encoder's features [B, P, C] the codes must carry (the renderer's pre-quantization latents)."""
@@ -247,29 +244,20 @@ class SemanticTokenizer(VisualTokenizer):
         config = {key: value for key, value in config.items() if key != "tokenizer_type"}
         return cls(SemanticTokenizerConfig.from_dict(config))
 
-    def _tokenizer_state(self) -> dict[str, torch.Tensor]:
+    def _save_weights(self, file: Path) -> None:
         # The diffusion decoder is saved on its own, in diffusers format; everything else goes in model.safetensors.
-        return {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("diffusion_decoder.")}
+        state = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("diffusion_decoder.")}
+        save_file(state, str(file))
+
+    def _load_weights(self, file: Path) -> None:
+        self.load_state_dict(load_file(str(file)), strict=True)
 
     def _write_files(self, directory: Path) -> None:
-        (directory / "config.json").write_text(json.dumps(self.get_config(), indent=2, sort_keys=True) + "\n")
-        save_file(self._tokenizer_state(), str(directory / WEIGHTS_NAME))
+        super()._write_files(directory)
         if self.diffusion_decoder is not None:
             (directory / DECODER_SUBDIR).mkdir()
             self.diffusion_decoder.write_to(directory / DECODER_SUBDIR)
 
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> SemanticTokenizer:
-        path = Path(path)
-        config = read_tokenizer_config(path)
-        if config.get("tokenizer_type") != cls.tokenizer_type:
-            raise ValueError(f"{path} holds a {config.get('tokenizer_type')!r} tokenizer, not 'semantic'")
-        weights = path / WEIGHTS_NAME
-        if not weights.is_file():
-            refuse_pickle_only(path)
-            raise FileNotFoundError(f"no {WEIGHTS_NAME} in tokenizer directory {path}")
-        model = cls.from_config(config)
-        model.load_state_dict(load_file(str(weights)), strict=True)
+    def _load_attachments(self, path: Path) -> None:
         if is_decoder_dir(path / DECODER_SUBDIR):
-            model.attach_decoder(DiffusionDecoder.from_pretrained(path / DECODER_SUBDIR))
-        return model.eval()
+            self.attach_decoder(DiffusionDecoder.from_pretrained(path / DECODER_SUBDIR))

@@ -162,9 +162,7 @@ class GridTokenizer(VisualTokenizer):
     @torch.no_grad()
     def image_latents(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels -> the quantized latents [B, *latent_shape] the decoder renders (what diffusion learns to make)."""
-        self._check_pixels(pixels)
-        with _eval_mode(self):  # no EMA codebook updates
-            return self.quantizer(self._latents(pixels))[0]
+        return self.encode_with_latents(pixels)[1]
 
     @torch.no_grad()
     def latents_from_codes(self, codes: torch.Tensor) -> torch.Tensor:
@@ -176,7 +174,7 @@ class GridTokenizer(VisualTokenizer):
     def encode_with_latents(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(codes, image_latents) from one encoder pass: what a diffusion decoder trains on."""
         self._check_pixels(pixels)
-        with _eval_mode(self):
+        with _eval_mode(self):  # no EMA codebook updates
             z_q, codes, _ = self.quantizer(self._latents(pixels))
         return codes.reshape(pixels.shape[0], self.num_tokens), z_q
 

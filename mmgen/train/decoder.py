@@ -70,9 +70,9 @@ class DecoderRecipe:
                 raise ValueError("conditioning 'codes' takes `tokenizer:` (and images in `data:`), not "
                                  "`checkpoint:` or `sequences:`")
         elif self.conditioning == "hidden_states":
-            if not (self.checkpoint and self.sequences) or self.tokenizer:
+            if not (self.checkpoint and self.sequences) or self.tokenizer or self.data != ImageDataConfig():
                 raise ValueError("conditioning 'hidden_states' takes `checkpoint:` (a unified checkpoint) and "
-                                 "`sequences:` (its built t2i dataset), not `tokenizer:`")
+                                 "`sequences:` (its built t2i dataset), not `tokenizer:` or `data:`")
         else:
             raise ValueError(f"conditioning must be 'codes' or 'hidden_states', got {self.conditioning!r}")
 
@@ -235,7 +235,7 @@ def _fit(recipe, accelerator, decoder, train_set, eval_set, condition, write_sam
     def train_step(step: int, batch) -> dict:
         cond, latents = condition(batch)
         with accelerator.autocast():
-            loss = decoder.loss(latents, cond)
+            loss = model(latents, cond)  # the prepared model: under DDP its gradients are all-reduced
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         if cfg.grad_clip > 0:

@@ -79,9 +79,8 @@ def train_semantic_tokenizer(recipe: SemanticTokenizerRecipe, progress: bool = T
 
     def train_step(step: int, pixels: torch.Tensor) -> dict:
         with accelerator.autocast():
-            features = tokenizer.features(pixels)
-            vectors, _, aux = tokenizer.quantize(features)
-            decoded = tokenizer.decode_features(vectors).float()
+            features, decoded, aux = model(pixels)  # the prepared model: under DDP its gradients are all-reduced
+            decoded = decoded.float()
             feature_loss = torch.nn.functional.mse_loss(decoded, features) / features.var().clamp_min(1e-6)
             loss = recipe.loss.feature_weight * feature_loss + aux.float()
             metrics = {"feature": feature_loss.item()}
