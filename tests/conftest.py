@@ -49,3 +49,21 @@ def unified_dir(tiny_lm_dir, tiny_visual_tokenizer_dir, tmp_path_factory):
     from mmgen.checkpoint import init_unified
 
     return init_unified(tiny_lm_dir, tiny_visual_tokenizer_dir, tmp_path_factory.mktemp("unified") / "model")
+
+
+@pytest.fixture(scope="session")
+def renderer_dir(tmp_path_factory):
+    """A tiny grid tokenizer (16x16 -> 4x4 grid), briefly trained so its features carry the image: the renderer of
+    the semantic tokenizer tests."""
+    from mmgen.config import load_config
+    from mmgen.train.tokenizer import TokenizerRecipe, train_tokenizer
+
+    out = tmp_path_factory.mktemp("renderer")
+    recipe = load_config(TokenizerRecipe, None, [
+        "model.image_size=16", "model.patch_size=1", "model.block_out_channels=[16,16]", "model.norm_num_groups=8",
+        "model.latent_channels=8", "model.mid_block_add_attention=false", "model.quantizer.kind=fsq",
+        "model.quantizer.levels=[4,4,4]", "training.max_steps=30", "training.learning_rate=0.003",
+        "loss.reconstruction=l2", "data.num_images=64", "data.eval_images=8", "training.batch_size=8",
+        "training.warmup_steps=2", "training.log_every=1", "training.sample_every=100",
+        "training.mixed_precision=fp32", f"output_dir={out}"])
+    return train_tokenizer(recipe, progress=False)

@@ -29,20 +29,6 @@ TINY_TRAINING = ["data.num_images=64", "data.eval_images=8", "training.batch_siz
 
 
 @pytest.fixture(scope="module")
-def renderer_dir(tmp_path_factory):
-    """A tiny grid tokenizer (16x16 -> 4x4 grid), briefly trained so its features carry the image."""
-    from mmgen.train.tokenizer import TokenizerRecipe, train_tokenizer
-
-    out = tmp_path_factory.mktemp("renderer")
-    recipe = load_config(TokenizerRecipe, None, [
-        "model.image_size=16", "model.patch_size=1", "model.block_out_channels=[16,16]", "model.norm_num_groups=8",
-        "model.latent_channels=8", "model.mid_block_add_attention=false", "model.quantizer.kind=fsq",
-        "model.quantizer.levels=[4,4,4]", "training.max_steps=30", "training.learning_rate=0.003",
-        "loss.reconstruction=l2", *TINY_TRAINING, f"output_dir={out}"])
-    return train_tokenizer(recipe, progress=False)
-
-
-@pytest.fixture(scope="module")
 def semantic(renderer_dir):
     torch.manual_seed(0)
     tokenizer = SemanticTokenizer(TINY_MODEL, renderer=GridTokenizer.from_pretrained(renderer_dir))

@@ -8,10 +8,12 @@
     codes  -> code vectors -> diffusion decoder -> renderer latents -> pixels      ("diffusion" decoding)
 
 The causal queries make code k depend only on codes < k, the order an LLM writes them in (SEED's argument).
-The feature encoder and the renderer are one frozen `GridTokenizer` trained on the user's images: its encoder's
-features are what the codes must carry, and its decoder renders latents to pixels (as a VAE does for Stable
-Diffusion). Its weights are stored inside this tokenizer's `model.safetensors`, so the directory stands alone;
-an attached diffusion decoder lives in `decoder/` in diffusers format.
+The renderer is a frozen `GridTokenizer` trained on the user's images: its decoder renders latents to pixels (as a
+VAE does for Stable Diffusion), and by default its encoder's features are what the codes must carry. Its weights are
+stored inside this tokenizer's `model.safetensors`, so the directory stands alone; an attached diffusion decoder
+lives in `decoder/` in diffusers format. Alternatively the features come from a frozen `transformers` vision model
+(CLIP, SigLIP, DINOv2, ...; SEED's choice), stored in `feature_encoder/`: its features cannot be rendered, so such a
+tokenizer decodes only through a diffusion decoder trained on its codes.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from mmgen.decoders.diffusion import DiffusionDecoder, is_decoder_dir
 
 from .base import VisualTokenizer, _eval_mode, register_visual_tokenizer
 from .quantizers import Quantizer, QuantizerConfig
+from .vision_features import VisionFeatureEncoder
 from .vq_grid import GridTokenizer, GridTokenizerConfig
 
 DECODER_SUBDIR = "decoder"
+FEATURE_ENCODER_SUBDIR = "feature_encoder"
 DECODINGS = ("auto", "features", "diffusion")
 
 
@@ -48,6 +52,9 @@ class SemanticTokenizerConfig:
     decoding: str = "auto"
     decode_seed: int = 0  # diffusion decoding draws its noise from this seed: decode(codes) is deterministic
     renderer: GridTokenizerConfig = field(default_factory=GridTokenizerConfig)
+    # None: the codes carry the renderer's encoder features. [tokens, channels]: they carry the patch features of a
+    # frozen vision model kept in `feature_encoder/` (set from that model, never by hand).
+    vision_features: list[int] | None = None
 
     def __post_init__(self):
         if isinstance(self.quantizer, dict):
@@ -63,6 +70,11 @@ class SemanticTokenizerConfig:
         for name in ("num_queries", "num_layers", "decoder_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.vision_features is not None:
+            self.vision_features = [int(v) for v in self.vision_features]
+            if self.decoding == "features":
+                raise ValueError("decoding 'features' needs the renderer's own features; a tokenizer over a vision "
+                                 "model's features decodes through a diffusion decoder ('auto' or 'diffusion')")
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -87,22 +99,30 @@ class SemanticTokenizer(VisualTokenizer):
 
     tokenizer_type = "semantic"
 
-    def __init__(self, config: SemanticTokenizerConfig | None = None, renderer: GridTokenizer | None = None):
+    def __init__(self, config: SemanticTokenizerConfig | None = None, renderer: GridTokenizer | None = None,
+                 vision_encoder: VisionFeatureEncoder | None = None):
+        """`vision_encoder`: read the images through this frozen vision model instead of the renderer's encoder.
+        When loading a saved tokenizer it is attached afterwards, from `feature_encoder/`."""
         super().__init__()
         config = config or SemanticTokenizerConfig()
         if renderer is not None:  # the renderer's own shape wins (without changing the caller's config)
             config = replace(config, renderer=renderer.config)
+        if vision_encoder is not None:
+            config = replace(config, vision_features=[vision_encoder.num_features, vision_encoder.channels])
         self.config = config
         self.renderer = renderer or GridTokenizer(config.renderer)
         self.renderer.requires_grad_(False)
+        self.vision_encoder = vision_encoder
         self.image_size = self.renderer.image_size
         self.in_channels = self.renderer.in_channels
         self.num_tokens = config.num_queries
         self.grid_shape = (config.num_queries,)
         self.codebook_size = config.quantizer.total_codebook_size
-        side = self.renderer.config.grid_size
-        self.feature_channels = self.renderer.config.latent_channels
-        self.num_features = side * side
+        if config.vision_features is not None:
+            self.num_features, self.feature_channels = config.vision_features
+        else:
+            self.num_features = self.renderer.config.grid_size ** 2
+            self.feature_channels = self.renderer.config.latent_channels
         width, heads = config.width, config.num_heads
 
         # Positions and queries start at unit scale, like the content they are added to: at BERT's 0.02 the
@@ -127,7 +147,14 @@ class SemanticTokenizer(VisualTokenizer):
     def train(self, mode: bool = True) -> SemanticTokenizer:
         super().train(mode)
         self.renderer.eval()  # frozen: a vq renderer in train mode would move its EMA codebook
+        if self.vision_encoder is not None:
+            self.vision_encoder.eval()
         return self
+
+    @property
+    def renders_features(self) -> bool:
+        """True when decoded features can be rendered to pixels (they are the renderer's own encoder features)."""
+        return self.config.vision_features is None
 
     # ---- encoding ---------------------------------------------------------------------------------------------
 
@@ -138,7 +165,13 @@ class SemanticTokenizer(VisualTokenizer):
         return features, self.decode_features(vectors), aux
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The frozen encoder's features [B, P, C] the codes must carry (the renderer's pre-quantization latents)."""
+        """The frozen encoder's features [B, P, C] the codes must carry (the renderer's pre-quantization latents,
+        or the vision model's patch features)."""
+        if not self.renders_features:
+            if self.vision_encoder is None:
+                raise ValueError(f"this tokenizer reads images through a vision model, but none is attached (a saved "
+                                 f"tokenizer keeps it in {FEATURE_ENCODER_SUBDIR}/)")
+            return self.vision_encoder(pixels)
         return self._encoder_output(pixels).flatten(2).transpose(1, 2).float()
 
     def _encoder_output(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -162,6 +195,9 @@ class SemanticTokenizer(VisualTokenizer):
 
     def render_features(self, features: torch.Tensor) -> torch.Tensor:
         """Features [B, P, C] -> pixels through the renderer (its quantizer, then its decoder)."""
+        if not self.renders_features:
+            raise ValueError("a vision model's features cannot be rendered to pixels: decode through a diffusion "
+                             "decoder trained on this tokenizer's codes (`mmgen train recipes/decoder/...`)")
         side = self.renderer.config.grid_size
         grid = features.transpose(1, 2).reshape(features.shape[0], self.feature_channels, side, side)
         z_q = self.renderer.quantizer(self.renderer.quant_conv(grid))[0]
@@ -179,7 +215,7 @@ class SemanticTokenizer(VisualTokenizer):
     @property
     def decoding(self) -> str:
         if self.config.decoding == "auto":
-            return "diffusion" if self.diffusion_decoder is not None else "features"
+            return "diffusion" if self.diffusion_decoder is not None or not self.renders_features else "features"
         return self.config.decoding
 
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -225,6 +261,9 @@ class SemanticTokenizer(VisualTokenizer):
     def encode_with_latents(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(codes, renderer latents) from one pass of the frozen encoder."""
         self._check_pixels(pixels)
+        if not self.renders_features:  # two encoders: the vision model's codes, the renderer's latents
+            with _eval_mode(self):
+                return self.quantize(self.features(pixels))[1], self.renderer.image_latents(pixels)
         with _eval_mode(self):
             grid = self._encoder_output(pixels)
             codes = self.quantize(grid.flatten(2).transpose(1, 2).float())[1]
@@ -244,20 +283,36 @@ class SemanticTokenizer(VisualTokenizer):
         config = {key: value for key, value in config.items() if key != "tokenizer_type"}
         return cls(SemanticTokenizerConfig.from_dict(config))
 
+    # The diffusion decoder and the vision model are saved on their own (diffusers / transformers format);
+    # everything else goes in model.safetensors.
+    _SEPARATE = ("diffusion_decoder.", "vision_encoder.")
+
     def _save_weights(self, file: Path) -> None:
-        # The diffusion decoder is saved on its own, in diffusers format; everything else goes in model.safetensors.
-        state = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("diffusion_decoder.")}
+        state = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith(self._SEPARATE)}
         save_file(state, str(file))
 
     def _load_weights(self, file: Path) -> None:
-        self.load_state_dict(load_file(str(file)), strict=True)
+        missing, unexpected = self.load_state_dict(load_file(str(file)), strict=False)
+        missing = [key for key in missing if not key.startswith(self._SEPARATE)]
+        if missing or unexpected:
+            raise ValueError(f"{file} does not match this semantic tokenizer: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
 
     def _write_files(self, directory: Path) -> None:
         super()._write_files(directory)
+        if self.vision_encoder is not None:
+            (directory / FEATURE_ENCODER_SUBDIR).mkdir()
+            self.vision_encoder.save_pretrained(directory / FEATURE_ENCODER_SUBDIR)
         if self.diffusion_decoder is not None:
             (directory / DECODER_SUBDIR).mkdir()
             self.diffusion_decoder.write_to(directory / DECODER_SUBDIR)
 
     def _load_attachments(self, path: Path) -> None:
+        if not self.renders_features:
+            encoder = VisionFeatureEncoder.from_pretrained(path / FEATURE_ENCODER_SUBDIR)
+            if [encoder.num_features, encoder.channels] != self.config.vision_features:
+                raise ValueError(f"{path / FEATURE_ENCODER_SUBDIR} gives {encoder.num_features} x {encoder.channels} "
+                                 f"features; the tokenizer was built for {self.config.vision_features}")
+            self.vision_encoder = encoder
         if is_decoder_dir(path / DECODER_SUBDIR):
             self.attach_decoder(DiffusionDecoder.from_pretrained(path / DECODER_SUBDIR))

@@ -2,8 +2,9 @@
 
 Trains the causal query transformer, quantizer and feature decoder of a `SemanticTokenizer` over a frozen, already
 trained grid tokenizer (the renderer): the codes must carry the renderer's encoder features (feature loss), and the
-features decoded from them must render back to the image (pixel loss through the frozen renderer). A diffusion
-decoder can then be trained on its codes (`stage: decoder`).
+features decoded from them must render back to the image (pixel loss through the frozen renderer). With
+`feature_encoder: DIR` the codes carry a frozen `transformers` vision model's patch features instead (feature loss
+only: those features cannot be rendered). A diffusion decoder can then be trained on its codes (`stage: decoder`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from mmgen.errors import UserError
 from mmgen.tokenizers import GridTokenizer, GridTokenizerConfig, load_visual_tokenizer
 from mmgen.tokenizers.losses import reconstruction_loss
 from mmgen.tokenizers.semantic import SemanticTokenizer, SemanticTokenizerConfig
+from mmgen.tokenizers.vision_features import VisionFeatureEncoder
 from mmgen.train.image_loop import (
     ImageDataConfig,
     ImageTrainingConfig,
@@ -44,6 +46,9 @@ class SemanticTokenizerRecipe:
     stage: str = "semantic_tokenizer"
     output_dir: str = "runs/tokenizer/semantic"
     renderer: str = must_exist("runs/tokenizer/shapes-vq/tokenizer")  # a trained grid tokenizer directory
+    # A local transformers vision model directory (CLIP, SigLIP, DINOv2, ViT ...) whose frozen patch features the
+    # codes carry; None: the renderer's own encoder features.
+    feature_encoder: str | None = must_exist(None)
     model: SemanticTokenizerConfig = field(default_factory=SemanticTokenizerConfig)
     data: ImageDataConfig = field(default_factory=ImageDataConfig)
     loss: SemanticLossConfig = field(default_factory=SemanticLossConfig)
@@ -54,6 +59,12 @@ class SemanticTokenizerRecipe:
             raise ValueError(f"stage must be 'semantic_tokenizer' for this recipe, got {self.stage!r}")
         if self.model.renderer != GridTokenizerConfig():
             raise ValueError("model.renderer is read from the `renderer:` directory; remove it from the recipe")
+        if self.model.vision_features is not None:
+            raise ValueError("model.vision_features is read from the `feature_encoder:` model; remove it from the "
+                             "recipe")
+        if self.feature_encoder is not None and self.loss.pixel_weight > 0:
+            raise ValueError("loss.pixel_weight renders the decoded features through the renderer, which only works "
+                             "for the renderer's own features; with `feature_encoder:` set loss.pixel_weight=0")
 
 
 def load_renderer(path: str) -> GridTokenizer:
@@ -71,7 +82,8 @@ def train_semantic_tokenizer(recipe: SemanticTokenizerRecipe, progress: bool = T
     renderer = load_renderer(recipe.renderer)
     train_set, eval_set = build_image_datasets(recipe.data, renderer.image_size)
     accelerator = make_accelerator(cfg, output_dir)
-    model = SemanticTokenizer(recipe.model, renderer=renderer)
+    vision = VisionFeatureEncoder.from_pretrained(recipe.feature_encoder) if recipe.feature_encoder else None
+    model = SemanticTokenizer(recipe.model, renderer=renderer, vision_encoder=vision)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(trainable, cfg)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -97,6 +109,8 @@ def train_semantic_tokenizer(recipe: SemanticTokenizerRecipe, progress: bool = T
         return {**metrics, "loss": loss.item()}
 
     def write_samples(step: int, pixels: torch.Tensor) -> None:
+        if not tokenizer.renders_features:  # vision-model features: no pixels until a diffusion decoder is trained
+            return
         write_pairs(pixels, tokenizer.decode(tokenizer.encode(pixels)), output_dir / "samples" / f"step_{step:06d}.png")
 
     model.train()
