@@ -223,6 +223,33 @@ def test_grid_config_rejects_bad_values():
         GridTokenizerConfig.from_dict({"colour": 1})
 
 
+def test_local_encoder_codes_do_not_move_with_far_away_content(tmp_path):
+    """GroupNorm pools over the whole image, so a change in one corner moves every latent; with per-position norms
+    and no mid block, cells outside the change's receptive field keep exactly the same latents and codes."""
+    base = dict(image_size=32, block_out_channels=(8, 16), norm_num_groups=4, latent_channels=8,
+                quantizer=QUANTIZERS["fsq"], mid_block_add_attention=False)
+    image = shapes_batch(batch=1, size=32)
+    changed = image.clone()
+    changed[:, :, :4, :4] = 0.9  # a new object in the top-left corner
+    far = (slice(None), slice(None), slice(6, 8), slice(6, 8))  # the bottom-right 2x2 cells of the 8x8 grid
+    torch.manual_seed(0)
+    pooled = GridTokenizer(GridTokenizerConfig(**base)).eval()
+    with torch.no_grad():
+        assert not torch.equal(pooled._latents(image)[far], pooled._latents(changed)[far])
+    torch.manual_seed(0)
+    local = GridTokenizer(GridTokenizerConfig(**base, encoder_norm="local", encoder_mid_block=False)).eval()
+    with torch.no_grad():
+        assert torch.equal(local._latents(image)[far], local._latents(changed)[far])
+        assert not torch.equal(local._latents(image), local._latents(changed))
+    assert torch.equal(local.encode(image).view(8, 8)[6:, 6:], local.encode(changed).view(8, 8)[6:, 6:])
+    local.save_pretrained(tmp_path / "local")
+    loaded = load_visual_tokenizer(tmp_path / "local")
+    assert loaded.config.encoder_norm == "local" and not loaded.config.encoder_mid_block
+    assert torch.equal(loaded.encode(changed), local.encode(changed))
+    with pytest.raises(ValueError, match="encoder_norm must be 'group' or 'local'"):
+        GridTokenizerConfig(encoder_norm="batch")
+
+
 def test_default_config_maps_64px_to_an_8x8_grid():
     config = GridTokenizerConfig()
     assert (config.image_size, config.grid_size, config.quantizer.codes_per_level) == (64, 8, 512)

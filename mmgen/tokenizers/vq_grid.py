@@ -35,6 +35,14 @@ class GridTokenizerConfig:
     norm_num_groups: int = 32
     latent_channels: int = 32
     mid_block_add_attention: bool = True
+    # "group": diffusers' GroupNorm in the encoder. It pools statistics over the whole image, so every code shifts
+    # with whatever else is in the picture: a flat background cell gets different codes next to different objects
+    # (the LLM then has to model that noise). "local": each position normalised over its own channels (LayerNorm,
+    # as in ConvNeXt), so a cell's code depends on its receptive field only. The decoder keeps GroupNorm.
+    encoder_norm: str = "group"
+    # The encoder's mid block (two resnets at the grid resolution) widens every code's receptive field to most of
+    # the grid; without it a code reads little beyond its own cell's neighbourhood.
+    encoder_mid_block: bool = True
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     def __post_init__(self) -> None:
@@ -43,6 +51,8 @@ class GridTokenizerConfig:
             self.quantizer = QuantizerConfig.from_dict(self.quantizer)
         if not self.block_out_channels:
             raise ValueError("block_out_channels must list at least one block")
+        if self.encoder_norm not in ("group", "local"):
+            raise ValueError(f"encoder_norm must be 'group' or 'local', got {self.encoder_norm!r}")
         positive = ("image_size", "in_channels", "patch_size", "layers_per_block", "latent_channels", "norm_num_groups")
         for name in positive:
             if getattr(self, name) < 1:
@@ -117,6 +127,10 @@ class GridTokenizer(VisualTokenizer):
             double_z=False,
             **shared,
         )
+        if config.encoder_norm == "local":
+            _use_position_norms(self.encoder)
+        if not config.encoder_mid_block:
+            self.encoder.mid_block = nn.Identity()
         quantizer_dim = config.quantizer.vector_dim(config.latent_channels)
         self.quant_conv = nn.Conv2d(config.latent_channels, quantizer_dim, kernel_size=1)
         self.quantizer = Quantizer(config.quantizer, dim=quantizer_dim)
@@ -193,3 +207,21 @@ class GridTokenizer(VisualTokenizer):
     def from_config(cls, config: dict[str, Any]) -> GridTokenizer:
         config = {key: value for key, value in config.items() if key != "tokenizer_type"}
         return cls(GridTokenizerConfig.from_dict(config))
+
+
+class PositionNorm(nn.GroupNorm):
+    """LayerNorm over the channels at each position, with GroupNorm's parameters (so checkpoints keep their names):
+    no statistics are pooled across the image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normalized = nn.functional.layer_norm(x.permute(0, 2, 3, 1), (self.num_channels,), self.weight, self.bias,
+                                              self.eps)
+        return normalized.permute(0, 3, 1, 2)
+
+
+def _use_position_norms(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.GroupNorm):
+            setattr(module, name, PositionNorm(1, child.num_channels, eps=child.eps, affine=child.affine))
+        else:
+            _use_position_norms(child)
