@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_semantic import TINY_MODEL, TINY_TRAINING, pixels
 
 from mmgen.checkpoint import init_unified
 from mmgen.config import load_config
@@ -14,18 +15,11 @@ from mmgen.sampling import ImageGenerator
 from mmgen.tokenizers import (
     GridTokenizer,
     GridTokenizerConfig,
-    QuantizerConfig,
     SemanticTokenizer,
-    SemanticTokenizerConfig,
     load_visual_tokenizer,
 )
 from mmgen.train.decoder import DecoderRecipe, train_decoder
 from mmgen.train.semantic_tokenizer import SemanticTokenizerRecipe, load_renderer, train_semantic_tokenizer
-
-TINY_MODEL = SemanticTokenizerConfig(num_queries=8, width=32, num_layers=2, decoder_layers=1, num_heads=2,
-                                     quantizer=QuantizerConfig(kind="fsq", levels=[4, 4, 4]))
-TINY_TRAINING = ["data.num_images=64", "data.eval_images=8", "training.batch_size=8", "training.warmup_steps=2",
-                 "training.log_every=1", "training.sample_every=100", "training.mixed_precision=fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +28,6 @@ def semantic(renderer_dir):
     tokenizer = SemanticTokenizer(TINY_MODEL, renderer=GridTokenizer.from_pretrained(renderer_dir))
     assert TINY_MODEL.renderer == GridTokenizerConfig()  # the caller's config is not rewritten
     return tokenizer
-
-
-def pixels(n=4, seed=0):
-    return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
 def tiny_decoder(cond_dim=3, tokens=8, seed=0):

@@ -4,28 +4,15 @@ import json
 
 import pytest
 import torch
+from tiny_semantic import TINY_MODEL, TINY_TRAINING, pixels
 
 from mmgen.config import load_config
-from mmgen.tokenizers import (
-    GridTokenizer,
-    QuantizerConfig,
-    SemanticTokenizer,
-    SemanticTokenizerConfig,
-    load_visual_tokenizer,
-)
+from mmgen.tokenizers import GridTokenizer, SemanticTokenizer, load_visual_tokenizer
 from mmgen.tokenizers.vision_features import VisionFeatureEncoder
 from mmgen.train.decoder import DecoderRecipe, train_decoder
 from mmgen.train.semantic_tokenizer import SemanticTokenizerRecipe, train_semantic_tokenizer
 
-TINY_MODEL = SemanticTokenizerConfig(num_queries=8, width=32, num_layers=2, decoder_layers=1, num_heads=2,
-                                     quantizer=QuantizerConfig(kind="fsq", levels=[4, 4, 4]))
-TINY_TRAINING = ["data.num_images=64", "data.eval_images=8", "training.batch_size=8", "training.warmup_steps=2",
-                 "training.log_every=1", "training.sample_every=100", "training.mixed_precision=fp32"]
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
-
-
-def pixels(n=4, seed=0):
-    return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
 def save_clip_vision(path, image_size=32):
