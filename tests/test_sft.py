@@ -111,6 +111,15 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(unified_dir, s
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
 
 
+def test_a_checkpoint_killed_while_writing_its_trainer_state_is_not_resumed_from(tmp_path):
+    """The kill can land after trainer_state.json is created but before its content is written."""
+    for step, state in ((2, '{"global_step": 2}'), (4, ""), (6, '{"global_st')):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert latest_complete_checkpoint(tmp_path).name == "checkpoint-2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
+
+
 def test_gpu_only_options_fail_clearly_on_cpu(unified_dir, sft_data, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CPU-only check")

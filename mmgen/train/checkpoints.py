@@ -3,6 +3,7 @@ the final unified checkpoint (merged weights, or base + adapter)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -16,20 +17,29 @@ logger = logging.getLogger(__name__)
 
 
 def latest_complete_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest `checkpoint-N` whose trainer_state.json exists (the Trainer writes it last).
+    """The newest `checkpoint-N` whose trainer_state.json exists and parses (the Trainer writes it last).
 
-    A checkpoint without it was cut short by a kill: it is moved aside so nothing ever resumes from it.
+    A checkpoint without it, or with a file cut short (killed while the Trainer wrote it), is incomplete: it is
+    removed so nothing ever resumes from it.
     """
     if not checkpoints.is_dir():
         return None
     found = sorted((p for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
                    key=lambda p: int(p.name.split("-")[-1]))
     for candidate in reversed(found):
-        if (candidate / "trainer_state.json").is_file():
+        if _readable_json(candidate / "trainer_state.json"):
             return candidate
         logger.warning("removing incomplete checkpoint %s (killed while saving)", candidate)
         shutil.rmtree(candidate, ignore_errors=True)
     return None
+
+
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def write_final_checkpoint(model, unified: UnifiedModel, out_dir: Path, *, base_path: str, method: str, save: str,
