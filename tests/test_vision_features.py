@@ -5,25 +5,13 @@ import json
 import pytest
 import torch
 from tiny_semantic import TINY_MODEL, TINY_TRAINING, pixels
+from tiny_vision import save_tiny_clip
 
 from mmgen.config import load_config
 from mmgen.tokenizers import GridTokenizer, SemanticTokenizer, load_visual_tokenizer
 from mmgen.tokenizers.vision_features import VisionFeatureEncoder
 from mmgen.train.decoder import DecoderRecipe, train_decoder
 from mmgen.train.semantic_tokenizer import SemanticTokenizerRecipe, train_semantic_tokenizer
-
-CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
-
-
-def save_clip_vision(path, image_size=32):
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    torch.manual_seed(0)
-    model = CLIPVisionModel(CLIPVisionConfig(image_size=image_size, patch_size=8, hidden_size=32,
-                                             intermediate_size=64, num_hidden_layers=2, num_attention_heads=2))
-    model.save_pretrained(path)
-    (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": CLIP_MEAN, "image_std": CLIP_STD}))
-    return path
 
 
 def save_dinov2(path):
@@ -37,20 +25,25 @@ def save_dinov2(path):
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    return save_clip_vision(tmp_path_factory.mktemp("clip"))
+    """A full CLIP checkpoint (both towers) with its image processor's preprocessor_config.json."""
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
-def test_patch_features_of_a_clip_tower_drop_the_class_token_and_use_its_normalisation(clip_dir):
+def test_patch_features_of_a_clip_checkpoint_drop_the_class_token_and_use_its_normalisation(clip_dir):
+    from transformers import CLIPImageProcessor
+
     encoder = VisionFeatureEncoder.from_pretrained(clip_dir)
-    assert (encoder.image_size, encoder.num_features, encoder.channels) == (32, 16, 32)
+    assert (encoder.image_size, encoder.num_features, encoder.channels) == (32, 16, 16)
+    assert encoder.vision is encoder.model.vision_model  # the image tower of the dual encoder
+    processor = CLIPImageProcessor.from_pretrained(clip_dir)
+    mean, std = torch.tensor(processor.image_mean).view(1, 3, 1, 1), torch.tensor(processor.image_std).view(1, 3, 1, 1)
+    assert processor.image_mean != [0.5, 0.5, 0.5]  # CLIP's own statistics, read from the directory
     x = pixels()  # 16x16 images: resized to the model's 32x32 input
     features = encoder(x)
-    assert features.shape == (4, 16, 32)
+    assert features.shape == (4, 16, 16)
     resized = torch.nn.functional.interpolate(x, size=(32, 32), mode="bicubic", align_corners=False, antialias=True)
-    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    normalised = ((resized + 1) / 2 - mean) / std
     with torch.no_grad():
-        hidden = encoder.model(pixel_values=normalised).last_hidden_state
+        hidden = encoder.model.vision_model(pixel_values=((resized + 1) / 2 - mean) / std).last_hidden_state
     assert hidden.shape[1] == 17  # class token + 16 patches
     assert torch.allclose(features, hidden[:, 1:], atol=1e-5)
     assert not any(p.requires_grad for p in encoder.parameters())
@@ -82,7 +75,7 @@ def test_semantic_tokenizer_over_a_vision_model_saves_it_beside_and_decodes_only
     torch.manual_seed(0)
     tokenizer = SemanticTokenizer(TINY_MODEL, renderer=GridTokenizer.from_pretrained(renderer_dir),
                                   vision_encoder=VisionFeatureEncoder.from_pretrained(clip_dir))
-    assert tokenizer.config.vision_features == [16, 32] and TINY_MODEL.vision_features is None
+    assert tokenizer.config.vision_features == [16, 16] and TINY_MODEL.vision_features is None
     x = pixels()
     codes = tokenizer.encode(x)
     assert codes.shape == (4, 8)
@@ -107,7 +100,7 @@ def test_stage_trains_over_a_vision_model_and_a_code_decoder_renders_its_codes(c
     with pytest.raises(ValueError, match="loss.pixel_weight=0"):
         load_config(SemanticTokenizerRecipe, None, [*common, "loss.pixel_weight=1.0"])
     with pytest.raises(ValueError, match="vision_features is read from"):
-        load_config(SemanticTokenizerRecipe, None, [*common, "loss.pixel_weight=0", "model.vision_features=[16,32]"])
+        load_config(SemanticTokenizerRecipe, None, [*common, "loss.pixel_weight=0", "model.vision_features=[16,16]"])
     recipe = load_config(SemanticTokenizerRecipe, None, [*common, "loss.pixel_weight=0", "training.max_steps=20",
                                                          f"output_dir={tmp_path / 'sem'}"])
     trained = train_semantic_tokenizer(recipe, progress=False)

@@ -4,44 +4,47 @@ SEED reads its images through a frozen pretrained vision encoder; this is that o
 Any vision transformer `AutoModel` loads (CLIP / SigLIP vision towers or their dual-encoder checkpoints, DINOv2,
 ViT, ...): the features are the last hidden states of the patch tokens (class and register tokens dropped).
 Images arrive as the kit's pixels in [-1, 1] at the tokenizer's size; they are resized to the model's input size
-and normalised with the mean/std of the directory's `preprocessor_config.json` (0.5 / 0.5 when there is none, as
-for SigLIP).
+and normalised with the mean/std of the directory's image processor, read by `AutoImageProcessor` (which finds it in
+`preprocessor_config.json` or inside a processor's `processor_config.json`); 0.5 / 0.5 when there is none.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-PREPROCESSOR_FILE = "preprocessor_config.json"
-
 
 class VisionFeatureEncoder(nn.Module):
     """Frozen vision model -> patch features [B, num_features, channels]."""
 
-    def __init__(self, model: nn.Module, image_mean: list[float], image_std: list[float],
-                 preprocessor: dict | None = None):
+    def __init__(self, model: nn.Module, image_processor=None):
+        """`image_processor`: the model's transformers image processor, for its mean/std (None: 0.5 / 0.5)."""
         super().__init__()
         self.model = model.eval().requires_grad_(False)
-        # dual encoders (CLIPModel, SiglipModel) keep the image tower in `vision_model`; the tower's own classes too
-        self.vision = getattr(model, "vision_model", model)
         vision_config = getattr(model.config, "vision_config", model.config)
         self.image_size = _as_int(vision_config.image_size)
         self.patch_size = _as_int(vision_config.patch_size)
         self.channels = vision_config.hidden_size
         self.num_features = (self.image_size // self.patch_size) ** 2
-        self.register_buffer("mean", torch.tensor(image_mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(image_std).view(1, -1, 1, 1), persistent=False)
-        self._preprocessor = preprocessor
+        mean = getattr(image_processor, "image_mean", None) or [0.5, 0.5, 0.5]
+        std = getattr(image_processor, "image_std", None) or [0.5, 0.5, 0.5]
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.image_processor = image_processor
+
+    @property
+    def vision(self) -> nn.Module:
+        """The image tower: dual encoders (CLIPModel, SiglipModel) keep it in `vision_model`, as do the towers'
+        own classes; other vision models are the tower."""
+        return getattr(self.model, "vision_model", self.model)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, trust_remote_code: bool = False) -> VisionFeatureEncoder:
-        """Load a local `transformers` vision model directory (safetensors weights only)."""
-        from transformers import AutoModel
+    def from_pretrained(cls, path: str | Path) -> VisionFeatureEncoder:
+        """Load a local `transformers` vision model directory (safetensors weights only, no remote code)."""
+        from transformers import AutoImageProcessor, AutoModel
 
         from .base import refuse_pickle_only
 
@@ -49,17 +52,16 @@ class VisionFeatureEncoder(nn.Module):
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"feature encoder {path} is not a transformers model directory (no config.json)")
         refuse_pickle_only(path)
-        model = AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
         vision_config = getattr(model.config, "vision_config", model.config)
         if not all(hasattr(vision_config, key) for key in ("image_size", "patch_size", "hidden_size")):
             raise ValueError(f"feature encoder {path} ({type(model).__name__}) is not a vision transformer: its "
                              "config has no image_size / patch_size / hidden_size")
-        preprocessor = None
-        if (path / PREPROCESSOR_FILE).is_file():
-            preprocessor = json.loads((path / PREPROCESSOR_FILE).read_text())
-        mean = (preprocessor or {}).get("image_mean", [0.5, 0.5, 0.5])
-        std = (preprocessor or {}).get("image_std", [0.5, 0.5, 0.5])
-        return cls(model, mean, std, preprocessor)
+        try:
+            image_processor = AutoImageProcessor.from_pretrained(path)
+        except (OSError, ValueError):  # no image processor saved with the model
+            image_processor = None
+        return cls(model, image_processor)
 
     def train(self, mode: bool = True) -> VisionFeatureEncoder:
         super().train(mode)
@@ -79,11 +81,10 @@ class VisionFeatureEncoder(nn.Module):
         return hidden[:, -self.num_features:].float()
 
     def save_pretrained(self, directory: Path) -> None:
-        """The model in `transformers` format (safetensors) and the normalisation it was read with."""
+        """The model in `transformers` format (safetensors) and its image processor, if it had one."""
         self.model.save_pretrained(directory, safe_serialization=True)
-        preprocessor = self._preprocessor or {"image_mean": self.mean.flatten().tolist(),
-                                              "image_std": self.std.flatten().tolist()}
-        (directory / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor, indent=2) + "\n")
+        if self.image_processor is not None:
+            self.image_processor.save_pretrained(directory)
 
 
 def _as_int(value) -> int:
