@@ -297,3 +297,21 @@ def test_save_refuses_to_replace_a_foreign_directory(tmp_path):
         trained_tokenizer("fsq").save_pretrained(foreign)
     assert (foreign / "images.txt").read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_decoder_layers_per_block_sets_the_resnets_of_each_up_block(tmp_path):
+    base = dict(image_size=32, block_out_channels=(8, 16), norm_num_groups=4, latent_channels=8,
+                quantizer=QUANTIZERS["fsq"], mid_block_add_attention=False)
+    default = GridTokenizer(GridTokenizerConfig(**base))
+    slim = GridTokenizer(GridTokenizerConfig(**base, decoder_layers_per_block=1))
+    assert [len(block.resnets) for block in default.decoder.up_blocks] == [2, 2]  # diffusers: layers_per_block + 1
+    assert [len(block.resnets) for block in slim.decoder.up_blocks] == [1, 1]
+    assert [len(block.resnets) for block in slim.encoder.down_blocks] == [1, 1]  # the encoder is untouched
+    image = shapes_batch(batch=2, size=32)
+    assert slim.decode(slim.encode(image)).shape == image.shape
+    slim.save_pretrained(tmp_path / "slim")
+    loaded = load_visual_tokenizer(tmp_path / "slim")
+    assert loaded.config.decoder_layers_per_block == 1
+    assert torch.equal(loaded.decode(loaded.encode(image)), slim.eval().decode(slim.encode(image)))
+    with pytest.raises(ValueError, match="decoder_layers_per_block must be >= 1"):
+        GridTokenizerConfig(decoder_layers_per_block=0)
