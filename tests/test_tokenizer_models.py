@@ -223,11 +223,15 @@ def test_grid_config_rejects_bad_values():
         GridTokenizerConfig.from_dict({"colour": 1})
 
 
+# A 32x32 -> 8x8 FSQ grid small enough to build in milliseconds, for tests of the model's layout options.
+SMALL_FSQ_GRID = dict(image_size=32, block_out_channels=(8, 16), norm_num_groups=4, latent_channels=8,
+                      quantizer=QUANTIZERS["fsq"], mid_block_add_attention=False)
+
+
 def test_local_encoder_codes_do_not_move_with_far_away_content(tmp_path):
     """GroupNorm pools over the whole image, so a change in one corner moves every latent; with per-position norms
     and no mid block, cells outside the change's receptive field keep exactly the same latents and codes."""
-    base = dict(image_size=32, block_out_channels=(8, 16), norm_num_groups=4, latent_channels=8,
-                quantizer=QUANTIZERS["fsq"], mid_block_add_attention=False)
+    base = SMALL_FSQ_GRID
     image = shapes_batch(batch=1, size=32)
     changed = image.clone()
     changed[:, :, :4, :4] = 0.9  # a new object in the top-left corner
@@ -300,8 +304,7 @@ def test_save_refuses_to_replace_a_foreign_directory(tmp_path):
 
 
 def test_decoder_layers_per_block_sets_the_resnets_of_each_up_block(tmp_path):
-    base = dict(image_size=32, block_out_channels=(8, 16), norm_num_groups=4, latent_channels=8,
-                quantizer=QUANTIZERS["fsq"], mid_block_add_attention=False)
+    base = SMALL_FSQ_GRID
     default = GridTokenizer(GridTokenizerConfig(**base))
     slim = GridTokenizer(GridTokenizerConfig(**base, decoder_layers_per_block=1))
     assert [len(block.resnets) for block in default.decoder.up_blocks] == [2, 2]  # diffusers: layers_per_block + 1

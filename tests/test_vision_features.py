@@ -25,7 +25,8 @@ def save_dinov2(path):
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    """A full CLIP checkpoint (both towers) with its image processor's preprocessor_config.json."""
+    """A full CLIP checkpoint (both towers) saved with its CLIPProcessor: transformers 5 keeps the image
+    statistics inside processor_config.json."""
     return save_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 

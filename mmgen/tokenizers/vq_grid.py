@@ -33,7 +33,7 @@ class GridTokenizerConfig:
     block_out_channels: tuple[int, ...] = (32, 64, 128)
     layers_per_block: int = 1
     # Resnets per decoder up block. None: diffusers' VAE layout, layers_per_block + 1. The decoder costs ~3/4 of a
-    # training step at the default widths; 1 resnet per up block makes a step ~20% cheaper.
+    # training step at the demo's widths; 1 resnet per up block makes a step ~15% cheaper.
     decoder_layers_per_block: int | None = None
     norm_num_groups: int = 32
     latent_channels: int = 32
