@@ -231,17 +231,16 @@ SMALL_FSQ_GRID = dict(image_size=32, block_out_channels=(8, 16), norm_num_groups
 def test_local_encoder_codes_do_not_move_with_far_away_content(tmp_path):
     """GroupNorm pools over the whole image, so a change in one corner moves every latent; with per-position norms
     and no mid block, cells outside the change's receptive field keep exactly the same latents and codes."""
-    base = SMALL_FSQ_GRID
     image = shapes_batch(batch=1, size=32)
     changed = image.clone()
     changed[:, :, :4, :4] = 0.9  # a new object in the top-left corner
     far = (slice(None), slice(None), slice(6, 8), slice(6, 8))  # the bottom-right 2x2 cells of the 8x8 grid
     torch.manual_seed(0)
-    pooled = GridTokenizer(GridTokenizerConfig(**base)).eval()
+    pooled = GridTokenizer(GridTokenizerConfig(**SMALL_FSQ_GRID)).eval()
     with torch.no_grad():
         assert not torch.equal(pooled._latents(image)[far], pooled._latents(changed)[far])
     torch.manual_seed(0)
-    local = GridTokenizer(GridTokenizerConfig(**base, encoder_norm="local", encoder_mid_block=False)).eval()
+    local = GridTokenizer(GridTokenizerConfig(**SMALL_FSQ_GRID, encoder_norm="local", encoder_mid_block=False)).eval()
     with torch.no_grad():
         assert torch.equal(local._latents(image)[far], local._latents(changed)[far])
         assert not torch.equal(local._latents(image), local._latents(changed))
@@ -304,9 +303,8 @@ def test_save_refuses_to_replace_a_foreign_directory(tmp_path):
 
 
 def test_decoder_layers_per_block_sets_the_resnets_of_each_up_block(tmp_path):
-    base = SMALL_FSQ_GRID
-    default = GridTokenizer(GridTokenizerConfig(**base))
-    slim = GridTokenizer(GridTokenizerConfig(**base, decoder_layers_per_block=1))
+    default = GridTokenizer(GridTokenizerConfig(**SMALL_FSQ_GRID))
+    slim = GridTokenizer(GridTokenizerConfig(**SMALL_FSQ_GRID, decoder_layers_per_block=1))
     assert [len(block.resnets) for block in default.decoder.up_blocks] == [2, 2]  # diffusers: layers_per_block + 1
     assert [len(block.resnets) for block in slim.decoder.up_blocks] == [1, 1]
     assert [len(block.resnets) for block in slim.encoder.down_blocks] == [1, 1]  # the encoder is untouched
