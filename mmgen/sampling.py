@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from mmgen.checkpoint import DECODER_DIR, UnifiedModel, load_unified, read_meta
-from mmgen.decoders.conditioning import code_embedding_condition, image_span_hidden_states
+from mmgen.decoders.conditioning import code_conditions, image_span_hidden_states
 from mmgen.errors import UserError
 from mmgen.images import center_square, load_image, pil_to_tensor, tensor_to_pil
 from mmgen.vocab import ImageVocab
@@ -231,8 +231,9 @@ class ImageGenerator:
         decoder, first = self.diffusion, self.vocab.first_code_id
         for start in range(0, len(codes), config.batch_size):
             chunk = codes[start:start + config.batch_size].to(self.device)
+            spatial = None
             if decoder.config.conditioning == "codes":
-                cond = code_embedding_condition(self.visual_tokenizer, chunk)
+                cond, spatial = code_conditions(self.visual_tokenizer, decoder.config, chunk)
             else:
                 sequences = [prompt + (row + first).tolist()
                              for prompt, row in zip(prompts[start:start + len(chunk)], chunk, strict=True)]
@@ -241,7 +242,7 @@ class ImageGenerator:
             shape = (decoder.config.latent_channels, decoder.config.latent_size, decoder.config.latent_size)
             noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(config.seed + start + i))
                                  for i in range(len(chunk))])
-            latents = decoder.sample(cond.to(next(decoder.parameters()).dtype), noise=noise)
+            latents = decoder.sample(cond.to(next(decoder.parameters()).dtype), noise=noise, spatial=spatial)
             images += tensor_to_pil(self.visual_tokenizer.render(latents))
         return images
 

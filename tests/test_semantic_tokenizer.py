@@ -30,11 +30,12 @@ def semantic(renderer_dir):
     return tokenizer
 
 
-def tiny_decoder(cond_dim=3, tokens=8, seed=0):
+def tiny_decoder(cond_dim=3, tokens=8, seed=0, spatial_channels=0):
     torch.manual_seed(seed)
+    spatial = dict(spatial_condition="features", spatial_channels=spatial_channels) if spatial_channels else {}
     return DiffusionDecoder(DiffusionDecoderConfig(latent_channels=3, latent_size=4, cond_dim=cond_dim,
                                                    num_cond_tokens=tokens, hidden_size=32, num_layers=2,
-                                                   num_heads=2, num_inference_steps=3))
+                                                   num_heads=2, num_inference_steps=3, **spatial))
 
 
 # ---- diffusion decoder ---------------------------------------------------------------------------------------------
@@ -70,6 +71,38 @@ def test_decoder_sampling_is_seeded_and_survives_save_load(tmp_path):
     # guidance changes the result; scale 1 runs no null branch
     assert not torch.allclose(decoder.sample(cond, guidance_scale=4.0, generator=torch.Generator().manual_seed(1)),
                               decoder.sample(cond, guidance_scale=1.0, generator=torch.Generator().manual_seed(1)))
+
+
+def test_decoder_with_a_spatial_map_learns_from_it_and_checks_it(tmp_path):
+    decoder = tiny_decoder(spatial_channels=2)
+    generator = torch.Generator().manual_seed(0)
+    cond = torch.zeros(16, 8, 3)  # the tokens say nothing: only the map tells the latents apart
+    spatial = torch.randn(16, 2, 4, 4, generator=generator)
+    latents = torch.cat([spatial, spatial[:, :1]], 1)  # the latents are the map (3 channels from 2)
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=3e-3)
+    losses = []
+    for step in range(60):
+        loss = decoder.loss(latents, cond, generator=torch.Generator().manual_seed(step), spatial=spatial)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
+
+    first = decoder.sample(cond[:2], spatial=spatial[:2], generator=torch.Generator().manual_seed(1))
+    other_map = decoder.sample(cond[:2], spatial=spatial[2:4], generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(first, other_map)
+    decoder.save_pretrained(tmp_path / "decoder")
+    loaded = DiffusionDecoder.from_pretrained(tmp_path / "decoder")
+    assert loaded.config.spatial_channels == 2 and loaded.config.spatial_condition == "features"
+    assert torch.allclose(loaded.sample(cond[:2], spatial=spatial[:2], generator=torch.Generator().manual_seed(1)),
+                          first, atol=1e-6)
+    with pytest.raises(ValueError, match=r"also takes a 'features' map of shape \[2, 2, 4, 4\], got none"):
+        decoder.sample(cond[:2])
+    with pytest.raises(ValueError, match="takes no spatial map"):
+        tiny_decoder().sample(cond[:2], spatial=spatial[:2])
+    with pytest.raises(ValueError, match="needs spatial_channels > 0"):
+        DiffusionDecoderConfig(spatial_condition="features")
 
 
 def test_decoder_refuses_pickle_weights_and_bad_shapes(tmp_path):
@@ -158,6 +191,18 @@ def test_semantic_stage_trains_resumes_and_decoder_stage_attaches_a_diffusion_de
     assert torch.equal(first, second)  # the decoder's noise comes from a fixed seed
     assert not torch.allclose(first, load_visual_tokenizer(straight).decode(codes))  # not the feature path
 
+    # SEED's decoder: it also reads the tokenizer's reconstruction of its features from the codes
+    seed_style = load_config(DecoderRecipe, None, [
+        f"tokenizer={straight}", "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2",
+        "model.num_inference_steps=3", "model.spatial_condition=features", "training.max_steps=6",
+        "training.learning_rate=0.002", *TINY_TRAINING, f"output_dir={tmp_path / 'seed'}"])
+    tokenizer = load_visual_tokenizer(train_decoder(seed_style, progress=False))
+    config = tokenizer.diffusion_decoder.config
+    assert config.spatial_condition == "features" and config.spatial_channels == tokenizer.feature_channels
+    assert tokenizer.feature_map(codes).shape == (4, tokenizer.feature_channels, *tokenizer.latent_shape[1:])
+    assert torch.equal(tokenizer.decode(codes), tokenizer.decode(codes))
+    assert not torch.allclose(tokenizer.decode(codes), first)
+
 
 def test_decoder_recipe_names_the_inputs_each_conditioning_takes(tmp_path, semantic):
     semantic.save_pretrained(tmp_path / "tok")
@@ -168,11 +213,31 @@ def test_decoder_recipe_names_the_inputs_each_conditioning_takes(tmp_path, seman
                                           "conditioning=hidden_states", "data.num_images=10"])
     with pytest.raises(ValueError, match="'codes' takes `tokenizer:`"):
         load_config(DecoderRecipe, None, [f"checkpoint={tmp_path / 'tok'}"])
+    with pytest.raises(ValueError, match="needs conditioning 'codes'"):
+        load_config(DecoderRecipe, None, [f"checkpoint={tmp_path / 'tok'}", f"sequences={tmp_path / 'tok'}",
+                                          "conditioning=hidden_states", "model.spatial_condition=features"])
+    with pytest.raises(ValueError, match="spatial_condition must be one of none, features"):
+        load_config(DecoderRecipe, None, [f"tokenizer={tmp_path / 'tok'}", "model.spatial_condition=pixels"])
+
+
+def test_a_feature_map_decoder_needs_a_semantic_tokenizer(renderer_dir, tmp_path):
+    recipe = load_config(DecoderRecipe, None, [f"tokenizer={renderer_dir}", "model.spatial_condition=features",
+                                               *TINY_TRAINING, f"output_dir={tmp_path}"])
+    with pytest.raises(UserError, match="reads a semantic tokenizer's decoded features"):
+        train_decoder(recipe, progress=False)
 
 
 def test_attach_decoder_checks_shapes(semantic):
     with pytest.raises(ValueError, match="does not fit the tokenizer"):
         semantic.attach_decoder(tiny_decoder(cond_dim=5))
+    fits = dict(cond_dim=semantic.code_embeddings().shape[1], tokens=semantic.num_tokens)
+    latent_channels, side, _ = semantic.latent_shape
+    decoder = DiffusionDecoder(DiffusionDecoderConfig(
+        latent_channels=latent_channels, latent_size=side, cond_dim=fits["cond_dim"], num_cond_tokens=8,
+        hidden_size=32, num_layers=1, num_heads=2, spatial_condition="features",
+        spatial_channels=semantic.feature_channels + 1))
+    with pytest.raises(ValueError, match="reads a 9-channel feature map; the tokenizer's features are 8 channels"):
+        semantic.attach_decoder(decoder)
 
 
 def test_vocabulary_extension_and_sampling_work_unchanged_on_semantic_codes(semantic, tiny_lm_dir, tmp_path):

@@ -12,6 +12,21 @@ def code_embedding_condition(tokenizer, codes: torch.Tensor) -> torch.Tensor:
     return tokenizer.code_embeddings().to(codes.device)[codes]
 
 
+def code_conditions(tokenizer, decoder_config, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(a) with what else the decoder was built to read: (code embeddings [B, N, D], spatial map or None).
+
+    The "features" map is SEED's de-tokenizer input: the semantic tokenizer's own reconstruction of its features
+    from the codes (`feature_map`), computed from the codes alone, as it must be when the codes come from an LLM.
+    """
+    cond = code_embedding_condition(tokenizer, codes)
+    if decoder_config.spatial_condition == "none":
+        return cond, None
+    if not hasattr(tokenizer, "feature_map"):
+        raise ValueError(f"this decoder reads a {decoder_config.spatial_condition!r} map, which a "
+                         f"{tokenizer.tokenizer_type!r} tokenizer does not make (a semantic tokenizer does)")
+    return cond, tokenizer.feature_map(codes)
+
+
 def image_span_hidden_states(body: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                              vocab: ImageVocab, num_tokens: int) -> torch.Tensor:
     """(b) The LLM's last hidden states [B, N, H] at the N code tokens of each sequence (BLIP3o-NEXT style).

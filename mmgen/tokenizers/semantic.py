@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmgen.config import strict_from_dict
-from mmgen.decoders.conditioning import code_embedding_condition
+from mmgen.decoders.conditioning import code_conditions
 from mmgen.decoders.diffusion import DiffusionDecoder, is_decoder_dir
 
 from .base import VisualTokenizer, _eval_mode, register_visual_tokenizer
@@ -195,13 +195,22 @@ class SemanticTokenizer(VisualTokenizer):
 
     def render_features(self, features: torch.Tensor) -> torch.Tensor:
         """Features [B, P, C] -> pixels through the renderer (its quantizer, then its decoder)."""
-        if not self.renders_features:
-            raise ValueError("a vision model's features cannot be rendered to pixels: decode through a diffusion "
-                             "decoder trained on this tokenizer's codes (`mmgen train recipes/decoder/...`)")
-        side = self.renderer.config.grid_size
-        grid = features.transpose(1, 2).reshape(features.shape[0], self.feature_channels, side, side)
-        z_q = self.renderer.quantizer(self.renderer.quant_conv(grid))[0]
+        z_q = self.renderer.quantizer(self.renderer.quant_conv(self._feature_grid(features)))[0]
         return self.renderer._pixels(z_q)
+
+    def feature_map(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, N] -> the features decoded from them as a map [B, C, side, side] on the renderer's latent grid:
+        what a SEED-style diffusion decoder reads beside the code embeddings."""
+        return self._feature_grid(self.decode_features(self.code_vectors(codes)))
+
+    def _feature_grid(self, features: torch.Tensor) -> torch.Tensor:
+        if not self.renders_features:
+            raise ValueError("a vision model's features are not the renderer's: they cannot be rendered to pixels "
+                             "or laid on its latent grid. Decode through a diffusion decoder trained on this "
+                             "tokenizer's codes alone (`mmgen train recipes/decoder/...` with "
+                             "model.spatial_condition: none)")
+        side = self.renderer.config.grid_size
+        return features.transpose(1, 2).reshape(features.shape[0], self.feature_channels, side, side)
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.quantize(self.features(pixels))[1]
@@ -225,12 +234,14 @@ class SemanticTokenizer(VisualTokenizer):
 
     def decode_diffusion(self, codes: torch.Tensor, num_inference_steps: int | None = None,
                          guidance_scale: float | None = None) -> torch.Tensor:
-        vectors = code_embedding_condition(self, codes)  # what the decoder stage trained it on
         if self.diffusion_decoder is None:
             raise ValueError("decoding is 'diffusion' but no diffusion decoder is attached: train one with "
                              "`mmgen train recipes/decoder/shapes-semantic.yaml`")
+        # what the decoder stage trained it on
+        vectors, spatial = code_conditions(self, self.diffusion_decoder.config, codes)
         generator = torch.Generator(device=codes.device).manual_seed(self.config.decode_seed)
-        latents = self.diffusion_decoder.sample(vectors, num_inference_steps, guidance_scale, generator=generator)
+        latents = self.diffusion_decoder.sample(vectors, num_inference_steps, guidance_scale, generator=generator,
+                                                spatial=spatial)
         return self.renderer.render(latents)
 
     def code_embeddings(self) -> torch.Tensor:
@@ -246,6 +257,12 @@ class SemanticTokenizer(VisualTokenizer):
                 raise ValueError(f"this diffusion decoder does not fit the tokenizer: it takes {got} "
                                  f"(cond dim, tokens, latent shape) conditioned on {decoder.config.conditioning}, "
                                  f"the tokenizer needs {expected} conditioned on codes")
+            spatial = decoder.config.spatial_condition
+            if spatial == "features" and (not self.renders_features
+                                          or decoder.config.spatial_channels != self.feature_channels):
+                raise ValueError(f"this diffusion decoder reads a {decoder.config.spatial_channels}-channel feature "
+                                 f"map; the tokenizer's features are {self.feature_channels} channels"
+                                 f"{'' if self.renders_features else ' and not on its renderer grid'}")
         self.diffusion_decoder = decoder
 
     # ---- the renderer interface (a diffusion decoder generates in the renderer's latent space) ----------------

@@ -3,6 +3,8 @@
 Trains a `DiffusionDecoder` that generates a visual tokenizer's renderer latents (the tokenizer and the LLM stay
 frozen), conditioned on
   codes:          the code embeddings of an image's codes (a de-tokenizer, SEED/LaVIT-style). Data: images.
+                  With `model.spatial_condition: features` (semantic tokenizers) it also reads the tokenizer's own
+                  reconstruction of its features from those codes, as SEED's decoder does.
                   Writes `<output_dir>/decoder`, and for a semantic tokenizer `<output_dir>/tokenizer`: the tokenizer
                   with the decoder attached, which then decodes through it (`mmgen init --tokenizer` takes it).
   hidden_states:  the LLM's last hidden states over the image span of a unified checkpoint (BLIP3o-NEXT-style).
@@ -21,8 +23,8 @@ import torch
 from mmgen.checkpoint import attach_decoder_to_checkpoint, load_unified
 from mmgen.config import must_exist
 from mmgen.data_engine.image_sources import collate_images, to_pixels
-from mmgen.decoders.conditioning import code_embedding_condition, image_span_hidden_states
-from mmgen.decoders.diffusion import DiffusionDecoder, DiffusionDecoderConfig
+from mmgen.decoders.conditioning import code_conditions, image_span_hidden_states
+from mmgen.decoders.diffusion import SPATIAL_CONDITIONS, DiffusionDecoder, DiffusionDecoderConfig
 from mmgen.errors import UserError
 from mmgen.tokenizers import VisualTokenizer, load_visual_tokenizer
 from mmgen.tokenizers.semantic import SemanticTokenizer
@@ -46,6 +48,7 @@ class DecoderModelConfig:
     num_heads: int = 4
     patch_size: int = 1
     cond_dropout: float = 0.1
+    spatial_condition: str = "none"  # "features": also read a semantic tokenizer's decoded feature map (SEED)
     num_inference_steps: int = 20  # default sampling steps (flow-matching Euler)
     guidance_scale: float = 1.5  # default decoder CFG
 
@@ -75,14 +78,26 @@ class DecoderRecipe:
                                  "`sequences:` (its built t2i dataset), not `tokenizer:` or `data:`")
         else:
             raise ValueError(f"conditioning must be 'codes' or 'hidden_states', got {self.conditioning!r}")
+        if self.model.spatial_condition not in SPATIAL_CONDITIONS:
+            raise ValueError(f"model.spatial_condition must be one of {', '.join(SPATIAL_CONDITIONS)}, got "
+                             f"{self.model.spatial_condition!r}")
+        if self.model.spatial_condition != "none" and self.conditioning != "codes":
+            raise ValueError("model.spatial_condition 'features' needs conditioning 'codes' (a semantic tokenizer)")
 
 
-def new_decoder(recipe: DecoderRecipe, tokenizer, cond_dim: int, latents: torch.Tensor) -> DiffusionDecoder:
+def new_decoder(recipe: DecoderRecipe, tokenizer, cond_dim: int, latents: torch.Tensor,
+                spatial: torch.Tensor | None = None) -> DiffusionDecoder:
+    """`latents` (and `spatial`, the map it will read, if any): training rows that set its normalisation."""
     channels, size, _ = tokenizer.latent_shape
     m = recipe.model
+    spatial_stats = {}
+    if spatial is not None:
+        spatial_stats = dict(spatial_channels=spatial.shape[1], spatial_mean=spatial.mean((0, 2, 3)).tolist(),
+                             spatial_std=spatial.std((0, 2, 3)).clamp_min(1e-6).tolist())
     return DiffusionDecoder(DiffusionDecoderConfig(
         conditioning=recipe.conditioning, latent_channels=channels, latent_size=size, cond_dim=cond_dim,
-        num_cond_tokens=tokenizer.num_tokens, hidden_size=m.hidden_size, num_layers=m.num_layers,
+        num_cond_tokens=tokenizer.num_tokens, spatial_condition=m.spatial_condition, **spatial_stats,
+        hidden_size=m.hidden_size, num_layers=m.num_layers,
         num_heads=m.num_heads, patch_size=m.patch_size, cond_dropout=m.cond_dropout,
         num_inference_steps=m.num_inference_steps, guidance_scale=m.guidance_scale,
         latent_mean=float(latents.mean()), latent_std=float(latents.std().clamp_min(1e-6)),
@@ -113,18 +128,24 @@ def _train_on_codes(recipe: DecoderRecipe, progress: bool) -> Path:
     tokenizer = load_renderable_tokenizer(recipe.tokenizer)
     train_set, eval_set = build_image_datasets(recipe.data, tokenizer.image_size)
     accelerator = make_accelerator(cfg, output_dir)
+    if recipe.model.spatial_condition == "features" and not isinstance(tokenizer, SemanticTokenizer):
+        raise UserError(f"model.spatial_condition 'features' reads a semantic tokenizer's decoded features; "
+                        f"{recipe.tokenizer} is a {tokenizer.tokenizer_type!r} tokenizer")
     sample, _ = collate_images([train_set[i] for i in range(min(STATS_ROWS, len(train_set)))])
-    latents = tokenizer.image_latents(to_pixels(sample))
-    decoder = new_decoder(recipe, tokenizer, tokenizer.code_embeddings().shape[1], latents)
+    with torch.no_grad():
+        codes, latents = tokenizer.encode_with_latents(to_pixels(sample))
+        spatial = tokenizer.feature_map(codes) if recipe.model.spatial_condition == "features" else None
+    decoder = new_decoder(recipe, tokenizer, tokenizer.code_embeddings().shape[1], latents, spatial)
     tokenizer.to(accelerator.device)
 
+    @torch.no_grad()
     def condition(pixels):
         codes, latents = tokenizer.encode_with_latents(pixels)
-        return code_embedding_condition(tokenizer, codes), latents
+        return *code_conditions(tokenizer, decoder.config, codes), latents
 
     def write_samples(step: int, pixels: torch.Tensor) -> None:
-        cond, _ = condition(pixels)
-        write_pairs(pixels, tokenizer.render(_sample(decoder, cond)), _samples_path(output_dir, step))
+        cond, spatial, _ = condition(pixels)
+        write_pairs(pixels, tokenizer.render(_sample(decoder, cond, spatial)), _samples_path(output_dir, step))
 
     decoder = _fit(recipe, accelerator, decoder, train_set, eval_set, condition, write_samples, progress)
     if not accelerator.is_main_process:
@@ -202,14 +223,14 @@ def _train_on_hidden_states(recipe: DecoderRecipe, progress: bool) -> Path:
             hidden = image_span_hidden_states(body, ids, mask, vocab, tokenizer.num_tokens).float()
         first = vocab.first_code_id
         codes = ids[(ids >= first) & (ids < first + vocab.codebook_size) & mask.bool()] - first
-        return hidden, tokenizer.latents_from_codes(codes.view(len(ids), -1))
+        return hidden, None, tokenizer.latents_from_codes(codes.view(len(ids), -1))
 
     stats = prepare(collate_sequences([train_set[i] for i in range(min(STATS_ROWS, len(train_set)))])[0])
-    _, latents = condition(stats)
+    _, _, latents = condition(stats)
     decoder = new_decoder(recipe, tokenizer, unified.model.config.get_text_config().hidden_size, latents.cpu())
 
     def write_samples(step: int, batch) -> None:
-        cond, latents = condition(batch)
+        cond, _, latents = condition(batch)
         # top: the tokenizer's own decoding of the codes; bottom: the decoder's rendering from hidden states
         write_pairs(tokenizer.render(latents), tokenizer.render(_sample(decoder, cond)), _samples_path(output_dir,
                                                                                                           step))
@@ -226,16 +247,17 @@ def _train_on_hidden_states(recipe: DecoderRecipe, progress: bool) -> Path:
 
 
 def _fit(recipe, accelerator, decoder, train_set, eval_set, condition, write_samples, progress, **data_hooks):
-    """The flow-matching loop: `condition(batch) -> (cond, target latents)` is all that differs by conditioning."""
+    """The flow-matching loop: `condition(batch) -> (cond, spatial map or None, target latents)` is all that differs
+    by conditioning."""
     cfg = recipe.training
     optimizer, scheduler = make_optimizer(decoder.parameters(), cfg)
     model, optimizer, scheduler = accelerator.prepare(decoder, optimizer, scheduler)
     decoder = accelerator.unwrap_model(model)
 
     def train_step(step: int, batch) -> dict:
-        cond, latents = condition(batch)
+        cond, spatial, latents = condition(batch)
         with accelerator.autocast():
-            loss = model(latents, cond)  # the prepared model: under DDP its gradients are all-reduced
+            loss = model(latents, cond, spatial)  # the prepared model: under DDP its gradients are all-reduced
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         if cfg.grad_clip > 0:
@@ -252,10 +274,11 @@ def _fit(recipe, accelerator, decoder, train_set, eval_set, condition, write_sam
 
 
 @torch.no_grad()
-def _sample(decoder: DiffusionDecoder, cond: torch.Tensor, seed: int = 0) -> torch.Tensor:
+def _sample(decoder: DiffusionDecoder, cond: torch.Tensor, spatial: torch.Tensor | None = None, seed: int = 0
+            ) -> torch.Tensor:
     was_training = decoder.training
     decoder.eval()
-    latents = decoder.sample(cond, generator=torch.Generator(device=cond.device).manual_seed(seed))
+    latents = decoder.sample(cond, generator=torch.Generator(device=cond.device).manual_seed(seed), spatial=spatial)
     decoder.train(was_training)
     return latents
 
