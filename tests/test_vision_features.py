@@ -8,6 +8,7 @@ from tiny_semantic import TINY_MODEL, TINY_TRAINING, pixels
 from tiny_vision import save_tiny_clip
 
 from mmgen.config import load_config
+from mmgen.errors import UserError
 from mmgen.tokenizers import GridTokenizer, SemanticTokenizer, load_visual_tokenizer
 from mmgen.tokenizers.vision_features import VisionFeatureEncoder
 from mmgen.train.decoder import DecoderRecipe, train_decoder
@@ -113,6 +114,11 @@ def test_stage_trains_over_a_vision_model_and_a_code_decoder_renders_its_codes(c
         "model.num_inference_steps=3", "training.max_steps=4", *TINY_TRAINING, f"output_dir={tmp_path / 'dec'}"])
     tokenizer = load_visual_tokenizer(train_decoder(decoder_recipe, progress=False))
     assert tokenizer.decoding == "diffusion" and tokenizer.vision_encoder is not None
+    # a vision model's features are not on the renderer's grid: no SEED feature map for the decoder
+    with pytest.raises(UserError, match="over a vision model: use model.spatial_condition: none"):
+        train_decoder(load_config(DecoderRecipe, None, [
+            f"tokenizer={trained}", "model.spatial_condition=features", *TINY_TRAINING,
+            f"output_dir={tmp_path / 'dec-map'}"]), progress=False)
     images = tokenizer.decode(tokenizer.encode(pixels()))
     assert images.shape == (4, 3, 16, 16) and torch.equal(images, tokenizer.decode(tokenizer.encode(pixels())))
 

@@ -126,11 +126,14 @@ def _train_on_codes(recipe: DecoderRecipe, progress: bool) -> Path:
     cfg = recipe.training
     output_dir = Path(recipe.output_dir)
     tokenizer = load_renderable_tokenizer(recipe.tokenizer)
+    if recipe.model.spatial_condition == "features" and not (isinstance(tokenizer, SemanticTokenizer)
+                                                             and tokenizer.renders_features):
+        raise UserError(f"model.spatial_condition 'features' reads a semantic tokenizer's decoded features on its "
+                        f"renderer's grid; {recipe.tokenizer} is a {tokenizer.tokenizer_type!r} tokenizer"
+                        f"{' over a vision model' if isinstance(tokenizer, SemanticTokenizer) else ''}: use "
+                        f"model.spatial_condition: none")
     train_set, eval_set = build_image_datasets(recipe.data, tokenizer.image_size)
     accelerator = make_accelerator(cfg, output_dir)
-    if recipe.model.spatial_condition == "features" and not isinstance(tokenizer, SemanticTokenizer):
-        raise UserError(f"model.spatial_condition 'features' reads a semantic tokenizer's decoded features; "
-                        f"{recipe.tokenizer} is a {tokenizer.tokenizer_type!r} tokenizer")
     sample, _ = collate_images([train_set[i] for i in range(min(STATS_ROWS, len(train_set)))])
     with torch.no_grad():
         codes, latents = tokenizer.encode_with_latents(to_pixels(sample))
