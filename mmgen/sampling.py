@@ -13,6 +13,7 @@ flip a sampled code. Same settings and same batching reproduce images exactly.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -145,6 +146,9 @@ class ImageGenerator:
         self.unified = unified
         self.model = model.eval()
         self.body = model.get_decoder()
+        # transformers 5.24 renamed the forward's `past_key_values` to `cache` (the old name goes in 5.40)
+        self._cache_argument = "cache" if "cache" in inspect.signature(self.body.forward).parameters \
+            else "past_key_values"
         self.vocab = unified.vocab
         self.prompts = unified.prompts
         self.visual_tokenizer = unified.visual_tokenizer
@@ -274,11 +278,7 @@ class ImageGenerator:
     def _sample_batch(self, cond: list[list[int]], uncond: list[list[int]] | None, config: SamplingConfig,
                       noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         batch = len(cond)
-        input_ids, attention_mask = left_pad(cond + (uncond or []), self.pad_id, self.device)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-        out = self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                        use_cache=True)
-        cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
+        cache, hidden, attention_mask, position_ids = self._prefill(cond + (uncond or []))
         next_position = position_ids[:, -1:] + 1
         codes = torch.empty(batch, self.num_tokens, dtype=torch.long, device=self.device)
         logprobs = torch.zeros(batch, self.num_tokens, device=self.device)
@@ -294,10 +294,30 @@ class ImageGenerator:
             token = token.repeat(2) if uncond is not None else token  # both branches see the sampled code
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(token), 1)], dim=1)
             out = self.body(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
-                            past_key_values=cache, use_cache=True)
-            cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
+                            use_cache=True, **{self._cache_argument: cache})
+            cache, hidden = _returned_cache(out), out.last_hidden_state[:, -1]
             next_position = next_position + 1
         return codes, logprobs
+
+    def _prefill(self, rows: list[list[int]]):
+        """Run each distinct prompt once, then give every row its prompt's KV cache and last hidden state.
+
+        The images of one prompt share it, and the unconditional rows usually share one empty caption, so this
+        prefills `prompts + 1` sequences instead of `2 * prompts * images` (an editing prompt carries the source
+        image's codes: there the prefill is as long as the image being drawn). The distinct prompts are padded to
+        the same width as the full batch would be, so every row sees exactly the positions and mask it would have.
+        Returns `(cache, hidden [rows, hidden], attention_mask [rows, width], position_ids [rows, width])`.
+        """
+        distinct: dict[tuple[int, ...], int] = {}
+        owner = torch.tensor([distinct.setdefault(tuple(row), len(distinct)) for row in rows], device=self.device)
+        input_ids, attention_mask = left_pad([list(row) for row in distinct], self.pad_id, self.device)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+        out = self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        use_cache=True)
+        cache = _returned_cache(out)
+        if len(distinct) < len(rows):
+            cache.reorder_cache(owner)  # index_select along the batch: the beam-search hook, used to fan out
+        return cache, out.last_hidden_state[owner, -1], attention_mask[owner], position_ids[owner]
 
     @staticmethod
     def _pick(logits: torch.Tensor, config: SamplingConfig, noise: torch.Tensor | None
@@ -375,6 +395,12 @@ def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Ten
         ids[row, width - len(sequence):] = torch.tensor(sequence)
         mask[row, width - len(sequence):] = 1
     return ids.to(device), mask.to(device)
+
+
+def _returned_cache(output):
+    """The KV cache a forward returned: `output.cache` from transformers 5.24, `output.past_key_values` before."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def guide(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, cfg_scale: float) -> torch.Tensor:

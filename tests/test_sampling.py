@@ -68,6 +68,22 @@ def test_seeds_reproduce_images_independently_of_batch_size(generator):
     assert one.min() >= 0 and one.max() < 64
 
 
+def test_prefill_runs_each_distinct_prompt_once(generator):
+    """The images of a prompt share its prefill and the unconditional rows share the empty caption's: 2 prompts x 3
+    images with CFG prefill 3 sequences instead of 12, and draw exactly what 12 separate prefills would."""
+    shapes = []
+    hook = generator.body.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        ours = generator.generate_codes(PROMPTS, num_images=3, temperature=0, cfg_scale=3.0, batch_size=6)
+    finally:
+        hook.remove()
+    width = max(len(generator.prompts.text_to_image(p)) for p in PROMPTS)
+    assert shapes[0] == (3, width)
+    assert set(shapes[1:]) == {(12, 1)}
+    assert torch.equal(ours, transformers_greedy(generator, [p for p in PROMPTS for _ in range(3)], 3.0))
+
+
 def test_top_k_one_is_greedy(generator):
     greedy = generator.generate_codes(PROMPTS, temperature=0)
     assert torch.equal(generator.generate_codes(PROMPTS, top_k=1, temperature=1.5, seed=3), greedy)
