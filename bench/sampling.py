@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -80,10 +81,12 @@ def _measure(method: str, path: str, greedy: bool, dtype: str, repeats: int, num
     else:
         run = _baseline(generator, config, greedy, prompts)
     run()  # warm-up: oneDNN kernel selection, allocator growth
-    start = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        start = time.perf_counter()
         codes = run()
-    seconds = (time.perf_counter() - start) / repeats
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)  # the median: a neighbour's burst on a shared machine skews a mean
     return {"tokens_per_s": rows * generator.num_tokens / seconds, "seconds": seconds,
             "peak_rss_mib": peak_rss_mib(), "codes": codes.tolist()}
 
@@ -113,7 +116,7 @@ def _baseline(generator, config, greedy: bool, prompts: list[str]):
     return run
 
 
-def run(repeats: int = 2) -> dict:
+def run(repeats: int = 5) -> dict:
     context = multiprocessing.get_context("spawn")
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
