@@ -1,13 +1,13 @@
 """Image sampling speed with CFG: mmgen's sampler against the `model.generate` call users would write.
 
 Baseline (a): transformers `generate(guidance_scale=..., negative_prompt_ids=...)` with a logits processor that
-allows only image-code ids, exactly `tokens_per_image` new tokens. (b): `mmgen.sampling.ImageGenerator`. Same
-tiny unified checkpoint (random weights: speed does not depend on them), same prompts, same number of images, same
-batch, in fp32 and in bf16 (both sides the same dtype), for a batch of 8 prompts and for one prompt (the usual
-`mmgen generate` call), 4 images each. Each measurement runs in a fresh process so its peak
-resident memory (ru_maxrss) is its own. Under fp32 greedy decoding both must produce identical codes: the bench
-fails loudly if they do not (in bf16, rounding in differently batched matmuls may flip near-ties; the share of
-agreeing codes is printed).
+allows only image-code ids, exactly `tokens_per_image` new tokens. (b): `mmgen.sampling.ImageGenerator`. Same tiny
+unified checkpoint (random weights: speed does not depend on them), same prompts, same number of images, same batch,
+in fp32 and in bf16 (both sides the same dtype), for a batch of 8 prompts and for one prompt (the usual `mmgen
+generate` call), 4 images each. A figure is the median of several timed calls after one warm-up call. Each
+measurement runs in a fresh process so its peak resident memory (`VmHWM`) is its own. Under fp32 greedy decoding
+both must produce identical codes: the bench fails loudly if they do not (in bf16, rounding in differently batched
+matmuls may flip near-ties; the share of agreeing codes is printed).
 """
 
 from __future__ import annotations

@@ -310,7 +310,7 @@ class ImageGenerator:
         """
         distinct: dict[tuple[int, ...], int] = {}
         owner = torch.tensor([distinct.setdefault(tuple(row), len(distinct)) for row in rows], device=self.device)
-        input_ids, attention_mask = left_pad([list(row) for row in distinct], self.pad_id, self.device)
+        input_ids, attention_mask = left_pad(list(distinct), self.pad_id, self.device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
         out = self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                         use_cache=True)
@@ -385,7 +385,7 @@ def load_checkpoint_decoder(unified: UnifiedModel):
     return DiffusionDecoder.from_pretrained(folder).to(device)
 
 
-def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-id lists as one left-padded batch `(input_ids, attention_mask)`: the last real token of every row sits
     in the last column, where generation continues."""
     width = max(len(s) for s in sequences)
