@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
+from dataclasses import asdict, dataclass
 
 import torch
 
 from mmgen.errors import UserError
 
+logger = logging.getLogger(__name__)
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# "auto" follows the hardware (see `resolve_precision`); the others are taken as asked.
+PRECISIONS = ("auto", *DTYPES)
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 
 
@@ -21,12 +27,80 @@ def pick_device(requested: str = "auto") -> torch.device:
     return device
 
 
+@dataclass(frozen=True)
+class Precision:
+    """The precision a stage runs in, and why: printed at start and recorded in the stage's outputs."""
+
+    name: str  # "fp32", "bf16" or "fp16"
+    reason: str
+    cpu_capability: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.name]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return f"precision {self.name} ({self.reason})"
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without either, a CPU emulates bf16 matmuls, 10-100x slower than fp32."""
+    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(bool(probe()) for probe in probes if probe is not None)
+
+
+def cpu_capability() -> str:
+    return torch.backends.cpu.get_cpu_capability()
+
+
+_warned_emulated_bf16 = False
+
+
+def resolve_precision(requested: str, device: torch.device | str | None = None) -> Precision:
+    """`auto`: bf16 on a CUDA GPU that supports it and on a CPU with native bf16, fp32 everywhere else.
+
+    An explicit `bf16` on a CPU that only emulates it still runs, with one warning per process naming the cost and
+    `auto`: the user may want bit-compatibility with a bf16 machine more than speed.
+    """
+    if requested not in PRECISIONS:
+        raise UserError(f"unknown precision {requested!r}; expected one of {', '.join(PRECISIONS)}")
+    device = torch.device(device) if device is not None else pick_device()
+    capability = cpu_capability()
+    if device.type == "cuda":
+        if requested == "auto":
+            if torch.cuda.is_bf16_supported():
+                return Precision("bf16", "auto: this CUDA GPU supports bf16", capability)
+            return Precision("fp32", "auto: this CUDA GPU has no bf16", capability)
+        return Precision(requested, "asked for", capability)
+    native = cpu_has_native_bf16()
+    if requested == "auto":
+        if native:
+            return Precision("bf16", f"auto: this CPU has native bf16 ({capability}, AVX512-BF16/AMX)", capability)
+        return Precision("fp32", f"auto: this CPU has no native bf16 ({capability}); bf16 would be emulated",
+                         capability)
+    if requested == "bf16" and not native:
+        global _warned_emulated_bf16
+        if not _warned_emulated_bf16:
+            _warned_emulated_bf16 = True
+            logger.warning("bf16 asked for, but this CPU (%s) has no native bf16 (AVX512-BF16 or AMX): it is "
+                           "emulated and runs 10-100x slower than fp32; set mixed_precision: auto (or fp32)",
+                           capability)
+        return Precision("bf16", f"asked for; emulated on this CPU ({capability})", capability)
+    return Precision(requested, "asked for", capability)
+
+
 def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype | None:
-    """None keeps the checkpoint's own dtype. fp16 is refused on CPU, where it is slow and poorly supported."""
-    if requested is None or requested == "auto":
+    """None keeps the checkpoint's own dtype ("stored"); "auto" follows the hardware (`resolve_precision`). fp16 is
+    refused on CPU, where it is slow and poorly supported."""
+    if requested is None or requested == "stored":
         return None
+    if requested == "auto":
+        return resolve_precision("auto", device).dtype
     if requested not in DTYPES:
-        raise UserError(f"unknown dtype {requested!r}; expected one of auto, {', '.join(DTYPES)}")
+        raise UserError(f"unknown dtype {requested!r}; expected one of auto, stored, {', '.join(DTYPES)}")
     if requested == "fp16" and device.type == "cpu":
         raise UserError("dtype fp16 is for CUDA; on CPU use bf16 (fast on recent CPUs) or fp32")
     return DTYPES[requested]

@@ -30,6 +30,7 @@ from mmgen.checkpoint import DECODER_DIR, UnifiedModel, load_unified, read_meta
 from mmgen.decoders.conditioning import code_conditions, image_span_hidden_states
 from mmgen.errors import UserError
 from mmgen.images import center_square, load_image, pil_to_tensor, tensor_to_pil
+from mmgen.runtime import DTYPES, PRECISIONS, Precision, cpu_capability, resolve_precision
 from mmgen.vocab import ImageVocab
 
 logger = logging.getLogger(__name__)
@@ -154,6 +155,9 @@ class ImageGenerator:
         self.visual_tokenizer = unified.visual_tokenizer
         self.num_tokens = unified.num_image_tokens
         self.device = next(model.parameters()).device
+        dtype = next(model.parameters()).dtype
+        stored = next((name for name, value in DTYPES.items() if value == dtype), str(dtype))
+        self.precision = Precision(stored, "the model's dtype", cpu_capability())  # load_generator says why
         if exact_code_head is None:
             self.head = CodeHead(model, self.vocab)
         else:
@@ -415,7 +419,14 @@ def _as_list(prompts: str | Sequence[str]) -> list[str]:
 def load_generator(path: str | os.PathLike, settings: dict, device: str = "cpu", dtype: str | None = None,
                    adapter: str | os.PathLike | None = None, decoder: str = "tokenizer"
                    ) -> tuple[ImageGenerator, SamplingConfig]:
-    """Check `settings` against the checkpoint's defaults, then load it: a bad setting costs no model load."""
+    """Check `settings` against the checkpoint's defaults, then load it: a bad setting costs no model load.
+
+    `dtype` "auto" follows the hardware (bf16 where it is native, else fp32: `resolve_precision`), None or "stored"
+    keeps the checkpoint's dtype, and fp32 / bf16 / fp16 are taken as asked."""
     SamplingConfig.from_defaults(read_meta(path).get("sampling", {}), **settings)
-    generator = ImageGenerator.from_pretrained(path, device=device, dtype=dtype, adapter=adapter, decoder=decoder)
+    precision = resolve_precision(dtype, device if device != "auto" else None) if dtype in PRECISIONS else None
+    generator = ImageGenerator.from_pretrained(path, device=device, dtype=precision.name if precision else None,
+                                               adapter=adapter, decoder=decoder)
+    if precision is not None:
+        generator.precision = precision
     return generator, generator.config(**settings)

@@ -226,7 +226,8 @@ def _open_sampler(args) -> tuple[Callable, dict]:
         return generator.generate(prompts, config, num_images=images_per_prompt, seed=seed)
 
     sampling = {key: value for key, value in config.to_dict().items() if key not in ("num_images", "seed")}
-    return generate_images, {"model": str(args.model), "sampling": sampling}
+    return generate_images, {"model": str(args.model), "sampling": sampling,
+                             "precision": generator.precision.to_dict()}
 
 
 def _geneval_scorer(args) -> tuple[Callable[[str], tuple[dict, list[dict]]], tuple[str, ...]]:

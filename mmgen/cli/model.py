@@ -51,7 +51,7 @@ def add_parser(verbs) -> None:
     export.add_argument("--model", required=True, help="unified checkpoint directory")
     export.add_argument("--adapter", help="peft adapter directory (default: the checkpoint's own adapter/)")
     export.add_argument("--out", required=True, help="output directory")
-    export.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+    export.add_argument("--dtype", choices=["stored", "fp32", "bf16", "fp16"], default="stored",
                         help="weight dtype of the export (default: as stored)")
     export.set_defaults(handler=_run_export)
 
@@ -99,7 +99,8 @@ def _run_generate(args) -> int:
     settings = sampling_settings(args, "num_images", "seed", "image_size") | {"negative_prompt": args.negative_prompt}
     generator, config = open_generator(args, settings)
     images = generator.generate(prompts, config, progress=True)
-    _write_outputs(args.out, prompts, images, config, args.model, verb="generate")
+    _write_outputs(args.out, prompts, images, config, args.model, verb="generate",
+                   precision=generator.precision.to_dict())
     return 0
 
 
@@ -109,7 +110,8 @@ def _run_edit(args) -> int:
     source = load_image(args.image)  # a bad file fails here, before the model loads
     generator, config = open_generator(args, sampling_settings(args, "num_images", "seed", "image_size"))
     images = generator.edit([source], [args.instruction], config, progress=True)
-    _write_outputs(args.out, [args.instruction], images, config, args.model, verb="edit", source=args.image)
+    _write_outputs(args.out, [args.instruction], images, config, args.model, verb="edit", source=args.image,
+                   precision=generator.precision.to_dict())
     return 0
 
 

@@ -13,8 +13,9 @@ def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--adapter", metavar="DIR",
                        help="peft LoRA adapter to apply (default: the checkpoint's own adapter/)")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    group.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                       help="model dtype (default: as stored)")
+    group.add_argument("--dtype", choices=["auto", "stored", "fp32", "bf16", "fp16"], default="auto",
+                       help="model dtype; auto (default): bf16 on hardware with native bf16, else fp32; "
+                            "stored: the checkpoint's own")
     group.add_argument("--decoder", choices=["tokenizer", "diffusion"], default="tokenizer",
                        help="render codes with the visual tokenizer's decoder (default) or the checkpoint's "
                             "diffusion decoder head (decoder/)")
@@ -40,5 +41,7 @@ def open_generator(args: argparse.Namespace, settings: dict):
     """Load `args.model` for sampling with `settings`; invalid settings fail before the checkpoint loads."""
     from mmgen.sampling import load_generator
 
-    return load_generator(args.model, settings, device=args.device, dtype=args.dtype, adapter=args.adapter,
-                          decoder=args.decoder)
+    generator, config = load_generator(args.model, settings, device=args.device, dtype=args.dtype,
+                                       adapter=args.adapter, decoder=args.decoder)
+    print(f"sampling: {generator.precision.line()}", flush=True)
+    return generator, config

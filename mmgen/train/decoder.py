@@ -133,7 +133,7 @@ def _train_on_codes(recipe: DecoderRecipe, progress: bool) -> Path:
                         f"{' over a vision model' if isinstance(tokenizer, SemanticTokenizer) else ''}: use "
                         f"model.spatial_condition: none")
     train_set, eval_set = build_image_datasets(recipe.data, tokenizer.image_size)
-    accelerator = make_accelerator(cfg, output_dir)
+    accelerator = make_accelerator(cfg, output_dir, "decoder")
     sample, _ = collate_images([train_set[i] for i in range(min(STATS_ROWS, len(train_set)))])
     with torch.no_grad():
         codes, latents = tokenizer.encode_with_latents(to_pixels(sample))
@@ -211,7 +211,7 @@ def _train_on_hidden_states(recipe: DecoderRecipe, progress: bool) -> Path:
         raise UserError(f"{recipe.checkpoint}: its {tokenizer.tokenizer_type!r} visual tokenizer cannot turn codes "
                         "into latents; hidden-state decoders need a grid tokenizer checkpoint")
     train_set, eval_set = _open_sequences(recipe.sequences, vocab, tokenizer.num_tokens)
-    accelerator = make_accelerator(cfg, output_dir)
+    accelerator = make_accelerator(cfg, output_dir, "decoder")
     body = unified.model.get_decoder().to(accelerator.device).eval().requires_grad_(False)
     tokenizer.to(accelerator.device)
 

@@ -20,6 +20,7 @@ to tokens outside the reference's or the updated policy's cut, which breaks the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -40,7 +41,7 @@ from mmgen.sampling import CodeHead, ImageGenerator, SamplingConfig, guide, left
 from mmgen.train.checkpoints import latest_complete_checkpoint, write_final_checkpoint
 from mmgen.train.grpo_data import PromptSettings, build_prompt_dataset
 from mmgen.train.lora import LoraSettings, add_lora, without_row_tables
-from mmgen.train.settings import TrainerSettings, check_recipe_head
+from mmgen.train.settings import TrainerSettings, announce_precision, check_recipe_head
 from mmgen.train.train_log import TrainLogCallback
 
 logger = logging.getLogger(__name__)
@@ -190,6 +191,7 @@ def train_grpo(recipe: GRPORecipe, callbacks: list[TrainerCallback] | None = Non
     """Run (or resume) GRPO; returns the final unified checkpoint directory `<output_dir>/model`."""
     output_dir = Path(recipe.output_dir)
     check_requirements(recipe)
+    announce_precision(recipe.training.precision(), output_dir, "grpo")
     unified = load_unified(recipe.model, with_model=False)
     set_seed(recipe.training.seed)
     model = load_policy(recipe, unified)
@@ -340,6 +342,7 @@ class ImageGRPOTrainer(_base_trainer()):
             unwrap_model_for_generation(self.model_wrapped, self.accelerator,
                                         gather_deepspeed3_params=self.args.ds3_gather_for_generation) as model,
             torch.no_grad(),
+            self.accelerator.autocast(),  # rollouts sample in the training precision (bf16 only where native)
         ):
             was_training = model.training
             try:
@@ -471,8 +474,12 @@ class BenchmarkCallback(TrainerCallback):
             generator = ImageGenerator(dataclasses.replace(self.unified, model=model), merge_adapter=False)
             config = generator.config(**s.sampling)
 
+            # The guard samples in the training precision, as the rollouts do.
+            autocast = self.trainer.accelerator.autocast if self.trainer is not None else contextlib.nullcontext
+
             def generate_images(prompts, images_per_prompt, seed):
-                return generator.generate(prompts, config, num_images=images_per_prompt, seed=seed)
+                with autocast():
+                    return generator.generate(prompts, config, num_images=images_per_prompt, seed=seed)
 
             step_dir = self.out_dir / f"step_{state.global_step:06d}"
             summary = score_generator(generate_images, step_dir, s.images_per_prompt, s.seed, s.limit,

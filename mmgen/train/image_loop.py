@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 from mmgen.data_engine.image_sources import ImageTensorDataset, collate_images, open_image_source, to_pixels
 from mmgen.errors import UserError
 from mmgen.files import write_json_atomic
+from mmgen.runtime import PRECISIONS, resolve_precision
+from mmgen.train.settings import announce_precision
 
 
 @dataclass
@@ -45,8 +47,9 @@ class ImageTrainingConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 100
     grad_clip: float = 1.0
-    # "fp32", "bf16" or "fp16" (CUDA only). Not accelerate's "no": YAML reads a bare `no` as the boolean false.
-    mixed_precision: str = "bf16"
+    # "auto" (bf16 where the hardware has it natively, else fp32), "fp32", "bf16" or "fp16" (CUDA only). Not
+    # accelerate's "no": YAML reads a bare `no` as the boolean false.
+    mixed_precision: str = "auto"
     seed: int = 0
     num_workers: int = 0
     log_every: int = 50
@@ -55,8 +58,9 @@ class ImageTrainingConfig:
     keep_checkpoints: int = 2
 
     def __post_init__(self):
-        if self.mixed_precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"training.mixed_precision must be 'fp32', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"training.mixed_precision must be one of {', '.join(PRECISIONS)}, got "
+                             f"{self.mixed_precision!r}")
         for name in ("max_steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
@@ -107,10 +111,11 @@ def build_image_datasets(data: ImageDataConfig, size: int) -> tuple[ImageTensorD
     return ImageTensorDataset(train_source, size, train_indices), ImageTensorDataset(train_source, size, eval_indices)
 
 
-def make_accelerator(cfg: ImageTrainingConfig, output_dir: Path) -> Accelerator:
-    output_dir.mkdir(parents=True, exist_ok=True)
+def make_accelerator(cfg: ImageTrainingConfig, output_dir: Path, stage: str) -> Accelerator:
+    precision = resolve_precision(cfg.mixed_precision)
+    announce_precision(precision, output_dir, stage)
     accelerator = Accelerator(
-        mixed_precision="no" if cfg.mixed_precision == "fp32" else cfg.mixed_precision,
+        mixed_precision="no" if precision.name == "fp32" else precision.name,
         cpu=not torch.cuda.is_available(),
         project_dir=str(output_dir),
     )

@@ -81,7 +81,7 @@ def train_semantic_tokenizer(recipe: SemanticTokenizerRecipe, progress: bool = T
     output_dir = Path(recipe.output_dir)
     renderer = load_renderer(recipe.renderer)
     train_set, eval_set = build_image_datasets(recipe.data, renderer.image_size)
-    accelerator = make_accelerator(cfg, output_dir)
+    accelerator = make_accelerator(cfg, output_dir, "semantic tokenizer")
     vision = VisionFeatureEncoder.from_pretrained(recipe.feature_encoder) if recipe.feature_encoder else None
     model = SemanticTokenizer(recipe.model, renderer=renderer, vision_encoder=vision)
     trainable = [p for p in model.parameters() if p.requires_grad]

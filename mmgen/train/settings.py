@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from mmgen.errors import UserError
-from mmgen.runtime import DTYPES
+from mmgen.files import write_json_atomic
+from mmgen.runtime import PRECISIONS, Precision, resolve_precision
 
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 TRACKER_INSTALL = {"tensorboard": "pip install 'mmgen-kit[tracking]'", "trackio": "pip install 'mmgen-kit[tracking]'",
@@ -26,7 +27,7 @@ class TrainerSettings:
     warmup_steps: int = 20
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    mixed_precision: str = "bf16"  # "fp32", "bf16" or "fp16" (CUDA only)
+    mixed_precision: str = "auto"  # "auto" (bf16 where the hardware has it natively, else fp32), "fp32", "bf16", "fp16"
     gradient_checkpointing: bool = False
     attn_implementation: str = "auto"  # "auto": flash-attn on CUDA when installed, else sdpa
     seed: int = 0
@@ -39,8 +40,8 @@ class TrainerSettings:
                                            "save_steps", "save_total_limit")
 
     def __post_init__(self):
-        if self.mixed_precision not in DTYPES:
-            raise ValueError(f"training.mixed_precision must be one of {', '.join(DTYPES)}, got "
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"training.mixed_precision must be one of {', '.join(PRECISIONS)}, got "
                              f"{self.mixed_precision!r}")
         if self.report_to not in REPORT_TO:
             raise ValueError(f"training.report_to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
@@ -54,15 +55,19 @@ class TrainerSettings:
         import torch
 
         if self.mixed_precision == "fp16" and not torch.cuda.is_available():
-            raise UserError("mixed_precision fp16 needs CUDA; use bf16 (fast on recent CPUs) or fp32")
+            raise UserError("mixed_precision fp16 needs CUDA; use auto (bf16 where this CPU has it natively, else fp32)")
         if self.report_to != "none" and importlib.util.find_spec(self.report_to) is None:
             raise UserError(f"training.report_to: {self.report_to} is not installed ({TRACKER_INSTALL[self.report_to]}"
                             "); or set training.report_to=none")
+
+    def precision(self) -> Precision:
+        return resolve_precision(self.mixed_precision)
 
     def trainer_arguments(self, output_dir: Path) -> dict:
         """The `transformers.TrainingArguments` these settings map to (TRL's configs extend them)."""
         import torch
 
+        precision = self.precision().name
         return dict(
             output_dir=str(output_dir),
             max_steps=self.max_steps,
@@ -73,8 +78,8 @@ class TrainerSettings:
             warmup_steps=self.warmup_steps,
             weight_decay=self.weight_decay,
             max_grad_norm=self.max_grad_norm,
-            bf16=self.mixed_precision == "bf16",
-            fp16=self.mixed_precision == "fp16",
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
             use_cpu=not torch.cuda.is_available(),
             gradient_checkpointing=self.gradient_checkpointing,
             seed=self.seed,
@@ -87,6 +92,16 @@ class TrainerSettings:
             save_only_model=False,  # optimizer, scheduler and RNG state too: a killed run resumes exactly
             disable_tqdm=False,
         )
+
+
+PRECISION_FILE = "precision.json"
+
+
+def announce_precision(precision: Precision, output_dir: Path, stage: str) -> None:
+    """Print the resolved precision and why, and record it beside the stage's outputs (`precision.json`)."""
+    print(f"{stage}: {precision.line()}", flush=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output_dir / PRECISION_FILE, precision.to_dict())
 
 
 SAVE_MODES = ("merged", "adapter")

@@ -26,7 +26,7 @@ from mmgen.errors import UserError
 from mmgen.runtime import pick_attn_implementation
 from mmgen.train.checkpoints import latest_complete_checkpoint, write_final_checkpoint
 from mmgen.train.lora import LoraSettings, add_lora, without_row_tables
-from mmgen.train.settings import TrainerSettings, check_recipe_head
+from mmgen.train.settings import TrainerSettings, announce_precision, check_recipe_head
 from mmgen.train.train_log import TrainLogCallback
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ def train_sft(recipe: SFTRecipe, callbacks: list[TrainerCallback] | None = None)
 
     output_dir = Path(recipe.output_dir)
     check_requirements(recipe)
+    announce_precision(recipe.training.precision(), output_dir, "sft")
     unified = load_unified(recipe.model, with_model=False)  # the LM is loaded for training below
     dataset = load_from_disk(recipe.data)
     check_dataset(dataset, recipe.data, unified.meta)
