@@ -89,16 +89,49 @@ def write_shapes_report(out_dir: str | Path, records: Sequence[dict], summary: d
                           benchmark=BENCHMARK_NAME)
 
 
+class TokenizerRoundTrip:
+    """Encode and decode images with a visual tokenizer: the ground truth seen through its codes scores the best a
+    model drawing with those codes can reach (a tokenizer that rounds hexagons into circles caps every model)."""
+
+    def __init__(self, tokenizer_dir: str | Path, batch_size: int = 64):
+        from mmgen.tokenizers import load_visual_tokenizer
+
+        self.path = str(tokenizer_dir)
+        self.tokenizer = load_visual_tokenizer(tokenizer_dir).eval()
+        self.image_size = self.tokenizer.image_size
+        self.batch_size = batch_size
+
+    def __call__(self, images: Sequence[Image.Image]) -> list[Image.Image]:
+        import torch
+
+        from mmgen.images import pil_to_tensor, tensor_to_pil
+
+        out: list[Image.Image] = []
+        with torch.no_grad():
+            for start in range(0, len(images), self.batch_size):
+                pixels = pil_to_tensor(list(images[start:start + self.batch_size]))
+                out.extend(tensor_to_pil(self.tokenizer.decode(self.tokenizer.encode(pixels))))
+        return out
+
+
 def score_ground_truth(out_dir: str | Path | None = None, size: int = 64, degrade=None,
-                       benchmark_path: str | Path | None = None, limit: int | None = None) -> dict:
-    """Score the benchmark's rendered ground-truth scenes (optionally degraded); writes the reports to out_dir."""
+                       benchmark_path: str | Path | None = None, limit: int | None = None,
+                       round_trip: TokenizerRoundTrip | None = None) -> dict:
+    """Score the benchmark's rendered ground-truth scenes, optionally degraded or seen through a tokenizer's codes
+    (`round_trip`: rendered at its image size); writes the reports to out_dir."""
+    if round_trip is not None and degrade is not None:
+        raise UserError("choose one of degrade and a tokenizer round trip")
     prompts = [prompt for _, prompt in benchmark_prompts(benchmark_path, limit)]
+    size = round_trip.image_size if round_trip is not None else size
     images = render_ground_truth(prompts, size)
     if degrade is not None:
         images = [degrade(image) for image in images]
+    if round_trip is not None:
+        images = round_trip(images)
     records, summary = score_images(images, prompts)
     if out_dir is not None:
-        write_shapes_report(out_dir, records, summary, images, source="ground truth", size=size,
+        source = f"ground truth through the tokenizer {round_trip.path}" if round_trip else "ground truth"
+        write_shapes_report(out_dir, records, summary, images, source=source, size=size,
                             degraded=degrade is not None)
     return summary
 

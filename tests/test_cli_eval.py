@@ -271,7 +271,7 @@ OFFICIAL = ["--official-script", "{missing}", "--official-python", "python3", "-
         (DPG + ["--judge", "blip:{blip}", "--temperature", "-1"], "temperature must be >= 0"),
         (SHAPES + ["--model", "{missing}"], "model directory not found"),
         (SHAPES + ["--model", "{lm}"], "is not an mmgen unified checkpoint"),
-        (SHAPES + ["--model", "{model}", "--size", "32"], "--size and --degrade apply to --ground-truth"),
+        (SHAPES + ["--model", "{model}", "--size", "32"], "--size, --degrade and --through-tokenizer apply to --ground-truth"),
         (SHAPES + ["--model", "{model}", "--prompts", "{missing}"], "no such shapes benchmark prompt file"),
         (SHAPES + ["--model", "{model}", "--top-k", "-2"], "top_k must be >= 0"),
     ],

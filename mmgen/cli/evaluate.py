@@ -108,6 +108,9 @@ def _add_shapes_parser(suites) -> None:
     truth = shapes.add_argument_group("ground truth only")
     truth.add_argument("--size", type=_positive_int, metavar="PX", help="render size in pixels (default 64)")
     truth.add_argument("--degrade", action="store_true", help="blur (sigma 1 px) and JPEG (q60) the images first")
+    truth.add_argument("--through-tokenizer", metavar="DIR",
+                       help="encode and decode the scenes (rendered at its image size) with this visual tokenizer "
+                            "first: the best score a model drawing with its codes can reach")
     _add_sampling_arguments(shapes)
     shapes.set_defaults(handler=_run_shapes)
 
@@ -182,16 +185,26 @@ def _run_dpg(args) -> int:
 
 def _run_shapes(args) -> int:
     from mmgen.errors import UserError
-    from mmgen.eval.shapes_benchmark import benchmark_prompts, blur_and_jpeg, score_generator, score_ground_truth
+    from mmgen.eval.shapes_benchmark import (
+        TokenizerRoundTrip,
+        benchmark_prompts,
+        blur_and_jpeg,
+        score_generator,
+        score_ground_truth,
+    )
 
     if args.ground_truth:
+        if args.through_tokenizer and (args.size or args.degrade):
+            raise UserError("--through-tokenizer renders at the tokenizer's image size and is its own degradation: "
+                            "drop --size and --degrade")
+        round_trip = TokenizerRoundTrip(args.through_tokenizer) if args.through_tokenizer else None
         summary = score_ground_truth(args.out, size=args.size or 64, degrade=blur_and_jpeg() if args.degrade else None,
-                                     benchmark_path=args.prompts, limit=args.limit)
-        _print_scores("shapes benchmark: ground truth", summary)
+                                     benchmark_path=args.prompts, limit=args.limit, round_trip=round_trip)
+        _print_scores("shapes benchmark: ground truth" + (" through the tokenizer" if round_trip else ""), summary)
     else:
-        if args.size or args.degrade:
-            raise UserError("--size and --degrade apply to --ground-truth; a model's images are scored at the size "
-                            "its visual tokenizer decodes")
+        if args.size or args.degrade or args.through_tokenizer:
+            raise UserError("--size, --degrade and --through-tokenizer apply to --ground-truth; a model's images are "
+                            "scored at the size its visual tokenizer decodes")
         benchmark_prompts(args.prompts, args.limit)  # a bad prompt file fails before the checkpoint loads
         generate_images, run = _open_sampler(args)
         summary = score_generator(generate_images, args.out, args.images_per_prompt, args.seed, args.limit,
