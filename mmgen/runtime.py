@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from mmgen.errors import UserError
+from mmgen.hardware import cpu_capability, cpu_has_native_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +45,6 @@ class Precision:
 
     def line(self) -> str:
         return f"precision {self.name} ({self.reason})"
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: without either, a CPU emulates bf16 matmuls, 10-100x slower than fp32."""
-    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
-    return any(bool(probe()) for probe in probes if probe is not None)
-
-
-def cpu_capability() -> str:
-    return torch.backends.cpu.get_cpu_capability()
 
 
 _warned_emulated_bf16 = False

@@ -30,7 +30,8 @@ from mmgen.checkpoint import DECODER_DIR, UnifiedModel, load_unified, read_meta
 from mmgen.decoders.conditioning import code_conditions, image_span_hidden_states
 from mmgen.errors import UserError
 from mmgen.images import center_square, load_image, pil_to_tensor, tensor_to_pil
-from mmgen.runtime import DTYPES, PRECISIONS, Precision, cpu_capability, resolve_precision
+from mmgen.hardware import cpu_capability
+from mmgen.runtime import DTYPES, PRECISIONS, Precision, resolve_precision
 from mmgen.vocab import ImageVocab
 
 logger = logging.getLogger(__name__)

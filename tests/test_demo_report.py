@@ -56,7 +56,8 @@ def finished_run(tmp_path_factory):
         "data": {"images": 10, "size": 64, "tasks": "colors"},
         "ground_truth": {"overall": 1.0, "tasks": {}, "images": 600},
         "tokenizer": {"tokens_per_image": 64, "codebook_size": 1000, "detector_fidelity": 0.9, "psnr": 30.0,
-                      "codebook_usage": 0.9, "steps": 50},
+                      "codebook_usage": 0.9, "steps": 50, "benchmark_ceiling": 0.8,
+                      "precision": {"name": "fp32", "reason": "asked for", "cpu_capability": "AVX2"}},
         "vocab": {"vocab_size": 1495, "codebook_size": 1000, "tokens_per_image": 64, "parameters": 4_600_000,
                   "init": "codebook"},
         "sft_data": {"images_per_second": 300.0, "skipped": 0, "train_rows": 8, "eval_rows": 2},
@@ -65,8 +66,22 @@ def finished_run(tmp_path_factory):
         "grpo": {"steps": 4, "first_reward": 0.1, "final_reward": 0.4, "guard": []},
         "benchmark_grpo": scores["after"],
     }
-    report = write_report(run, {name: {**summary, **common} for name, summary in summaries.items()})
+    report = write_report(run, {name: {**summary, **common} for name, summary in summaries.items()}, MACHINE)
     return run, report
+
+
+MACHINE = {"cpu": "Test CPU", "cpu_capability": "AVX2", "native_bf16": False, "threads": 2, "cuda": None,
+           "fp32_gflops": 120.0, "bf16_gflops": 1.3,
+           "precision": {"name": "fp32", "reason": "auto: this CPU has no native bf16", "cpu_capability": "AVX2"}}
+
+
+def test_report_names_the_machine_and_each_stage_precision(finished_run):
+    run, report = finished_run
+    assert report["machine"] == MACHINE
+    assert {stage["name"]: stage["precision"] for stage in report["stages"]}["tokenizer"] == "fp32"
+    line = "Test CPU, AVX2, no native bf16 (emulated), 2 threads: matmul fp32 120 / bf16 1 GFLOP/s"
+    for name in ("report.md", "report.html"):
+        assert line in (run / name).read_text()
 
 
 def test_report_json_holds_the_scores_and_the_gain(finished_run):
@@ -135,7 +150,8 @@ def _stage(name: str, calls: list[str], resumable: bool = False, fail: bool = Fa
 
 @pytest.fixture
 def no_report(monkeypatch):
-    monkeypatch.setattr("mmgen.demo.report.write_report", lambda run_dir, summaries: summaries)
+    monkeypatch.setattr("mmgen.demo.report.write_report", lambda run_dir, summaries, machine: summaries)
+    monkeypatch.setattr("mmgen.hardware.machine_summary", lambda: {**MACHINE, "precision": None})
 
 
 def test_finished_stages_are_reused_and_a_redone_stage_redoes_the_later_ones(tmp_path, no_report):

@@ -101,3 +101,13 @@ def test_every_shipped_trainer_recipe_uses_auto():
             continue
         training = (yaml.safe_load(path.read_text()) or {}).get("training", {})
         assert training.get("mixed_precision", "auto") == "auto", path
+
+
+def test_machine_summary_measures_the_matmul_peak_and_names_the_machine(cpu_bf16):
+    from mmgen.hardware import machine_line, machine_summary, matmul_peak_gflops
+
+    assert matmul_peak_gflops(torch.float32, budget_s=0.05, sizes=(64, 128)) > 0
+    cpu_bf16(False)
+    summary = machine_summary(measure=False)
+    assert summary["native_bf16"] is False and summary["threads"] == torch.get_num_threads()
+    assert "no native bf16 (emulated)" in machine_line(summary)

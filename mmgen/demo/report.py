@@ -28,18 +28,22 @@ FIGURE_CAPTIONS = {
 }
 
 
-def write_report(run_dir: Path, summaries: dict[str, dict]) -> dict:
-    """Write the figures and the three report files for a finished run; returns the report."""
+def write_report(run_dir: Path, summaries: dict[str, dict], machine: dict | None = None) -> dict:
+    """Write the figures and the three report files for a finished run; returns the report. `machine` is this run's
+    machine line (`mmgen.hardware.machine_summary` plus the resolved precision); each stage keeps its own."""
     report = {
         "quick": summaries["data"].get("quick", False),
+        "machine": machine,
         "total_seconds": round(sum(summary["seconds"] for summary in summaries.values()), 1),
         "stages": [{"name": stage.name, "title": stage.title, "seconds": summaries[stage.name]["seconds"],
-                    "headline": stage.headline(summaries[stage.name]), "commands": summaries[stage.name]["commands"]}
+                    "headline": stage.headline(summaries[stage.name]), "commands": summaries[stage.name]["commands"],
+                    "precision": _stage_precision(summaries[stage.name]),
+                    "machine": summaries[stage.name].get("machine")}
                    for stage in STAGES],
-        "tokenizer": _without(summaries["tokenizer"], "commands", "quick", "seconds"),
-        "model": _without(summaries["vocab"], "commands", "quick", "seconds"),
-        "sft": _without(summaries["sft"], "commands", "quick", "seconds"),
-        "grpo": _without(summaries["grpo"], "commands", "quick", "seconds"),
+        "tokenizer": _without(summaries["tokenizer"], "commands", "quick", "seconds", "machine"),
+        "model": _without(summaries["vocab"], "commands", "quick", "seconds", "machine"),
+        "sft": _without(summaries["sft"], "commands", "quick", "seconds", "machine"),
+        "grpo": _without(summaries["grpo"], "commands", "quick", "seconds", "machine"),
         "benchmark": _benchmark(summaries),
     }
     figure_paths, report["samples"] = _figures(run_dir, report["benchmark"])
@@ -48,6 +52,22 @@ def write_report(run_dir: Path, summaries: dict[str, dict]) -> dict:
     (run_dir / "report.md").write_text(render_markdown(report))
     (run_dir / "report.html").write_text(render_html(report, run_dir))
     return report
+
+
+def _stage_precision(summary: dict) -> str | None:
+    """The precision a stage trained or sampled in, as its own outputs recorded it (None: no model ran)."""
+    precision = summary.get("precision")
+    if isinstance(precision, dict):
+        return precision["name"]
+    return precision
+
+
+def _machine_text(machine: dict | None) -> str:
+    from mmgen.hardware import machine_line
+
+    if not machine:
+        return "machine not recorded"
+    return f"{machine_line(machine)}; {machine['precision']['name']} ({machine['precision']['reason']})"
 
 
 def _without(summary: dict, *keys: str) -> dict:
@@ -148,15 +168,16 @@ def render_markdown(report: dict) -> str:
               f"{benchmark['after_rl']['overall']:.3f} after GRPO ({benchmark['gain']['overall']:+.3f})** on "
               f"{benchmark['images']} images; rendered ground truth scores {benchmark['ceiling']:.3f}. "
               f"The stages took {_minutes(report['total_seconds'])}.", "",
+              f"Machine: {_machine_text(report.get('machine'))}.", "",
               "## Shapes benchmark before and after RL", "", "| task | after SFT | after GRPO | gain |",
               "|---|---|---|---|"]
     lines += [f"| {' | '.join(row)} |" for row in _score_rows(benchmark)]
     lines += ["", "## Figures", ""]
     for name, path in report["figures"].items():
         lines += [f"![{name}]({path})", "", f"*{FIGURE_CAPTIONS[name]}*", ""]
-    lines += ["## Stages", "", "| stage | time | result |", "|---|---|---|"]
-    lines += [f"| {stage['title']} | {_minutes(stage['seconds'])} | {stage['headline']} |"
-              for stage in report["stages"]]
+    lines += ["## Stages", "", "| stage | time | precision | result |", "|---|---|---|---|"]
+    lines += [f"| {stage['title']} | {_minutes(stage['seconds'])} | {stage.get('precision') or '-'} | "
+              f"{stage['headline']} |" for stage in report["stages"]]
     lines += ["", "## Commands that reproduce each stage", ""]
     for stage in report["stages"]:
         lines += [f"{stage['title']}:", "", "```bash", *stage["commands"], "```", ""]
@@ -185,6 +206,7 @@ def render_html(report: dict, run_dir: Path) -> str:
                  f"{benchmark['after_rl']['overall']:.3f} after GRPO ({benchmark['gain']['overall']:+.3f})</b> on "
                  f"{benchmark['images']} images; rendered ground truth scores {benchmark['ceiling']:.3f}. "
                  f"The stages took {_minutes(report['total_seconds'])}.</p>")
+    parts.append(f"<p>Machine: {e(_machine_text(report.get('machine')))}.</p>")
     parts.append("<h2>Shapes benchmark before and after RL</h2><table><tr><th>task</th><th>after SFT</th>"
                  "<th>after GRPO</th><th>gain</th></tr>")
     for row in _score_rows(benchmark):
@@ -197,10 +219,10 @@ def render_html(report: dict, run_dir: Path) -> str:
         data = base64.b64encode((run_dir / path).read_bytes()).decode("ascii")
         parts.append(f"<figure id='{e(name)}'><img alt='{e(name)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption>{e(FIGURE_CAPTIONS[name])}</figcaption></figure>")
-    parts.append("<h2>Stages</h2><table><tr><th>stage</th><th>time</th><th>result</th></tr>")
+    parts.append("<h2>Stages</h2><table><tr><th>stage</th><th>time</th><th>precision</th><th>result</th></tr>")
     for stage in report["stages"]:
         parts.append(f"<tr><td>{e(stage['title'])}</td><td class='num'>{_minutes(stage['seconds'])}</td>"
-                     f"<td>{e(stage['headline'])}</td></tr>")
+                     f"<td>{e(stage.get('precision') or '-')}</td><td>{e(stage['headline'])}</td></tr>")
     parts.append("</table><h2>Commands that reproduce each stage</h2>")
     for stage in report["stages"]:
         parts.append(f"<h3>{e(stage['title'])}</h3><pre>{e(chr(10).join(stage['commands']))}</pre>")

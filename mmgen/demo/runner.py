@@ -18,28 +18,35 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mmgen.demo.stages import FULL, QUICK, STAGES, Stage
+from mmgen.demo.stages import FULL, QUICK, STAGES, DemoRun, Stage
 from mmgen.errors import UserError
 from mmgen.files import write_json_atomic
 
 
 def run_demo(out: str | Path, force: bool = False, quick: bool = False, console: Console | None = None,
-             stages: tuple[Stage, ...] = STAGES) -> dict:
-    """Run (or reuse) every stage, then write the report; returns the report (as in `<out>/report.json`)."""
+             stages: tuple[Stage, ...] = STAGES, seed: int = 0, precision: str = "auto") -> dict:
+    """Run (or reuse) every stage, then write the report; returns the report (as in `<out>/report.json`).
+
+    `seed` seeds every stage (data, tokenizer, vocabulary, SFT, GRPO, benchmark sampling); `precision` is the
+    training and sampling precision of every stage ("auto": bf16 where the hardware has it natively, else fp32)."""
     import datasets
 
     from mmgen.demo.report import write_report
+    from mmgen.hardware import machine_line, machine_summary
+    from mmgen.runtime import resolve_precision
 
     datasets.disable_progress_bars()  # per-shard bars of `datasets` would interleave with the stages' own bars
     console = console or Console()
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    budget = QUICK if quick else FULL
+    demo = DemoRun(QUICK if quick else FULL, seed=seed, precision=precision)
+    machine = {**machine_summary(), "precision": resolve_precision(precision).to_dict()}
+    console.print(f"machine: {machine_line(machine)}; {resolve_precision(precision).line()}", soft_wrap=True)
     summaries: dict[str, dict] = {}
     redo = force
     for index, stage in enumerate(stages, start=1):
         label = f"[bold][{index}/{len(stages)}] {stage.title}[/bold]"
-        commands = stage.commands(run_dir, budget)
+        commands = stage.commands(run_dir, demo)
         marker = run_dir / stage.name / "stage.json"
         previous = json.loads(marker.read_text()) if marker.exists() else None
         if not redo and previous is not None and previous.get("commands") == [command_line(a) for a in commands]:
@@ -48,15 +55,15 @@ def run_demo(out: str | Path, force: bool = False, quick: bool = False, console:
                           soft_wrap=True)
             continue
         redo = True  # every later stage read this stage's outputs
-        summaries[stage.name] = _run_stage(stage, run_dir, commands, quick, console, label)
+        summaries[stage.name] = _run_stage(stage, run_dir, commands, quick, console, label, machine)
     write_json_atomic(run_dir / "summary.json", summaries)
-    report = write_report(run_dir, summaries)
+    report = write_report(run_dir, summaries, machine)
     console.print(f"report: {run_dir / 'report.html'} (also report.md, report.json)", soft_wrap=True)
     return report
 
 
 def _run_stage(stage: Stage, run_dir: Path, commands: list[list[str]], quick: bool, console: Console,
-               label: str) -> dict:
+               label: str, machine: dict) -> dict:
     from mmgen.cli import main as mmgen_main
 
     stage_dir = run_dir / stage.name
@@ -77,7 +84,9 @@ def _run_stage(stage: Stage, run_dir: Path, commands: list[list[str]], quick: bo
             raise UserError(f"demo stage {stage.name!r} stopped: `{command_line(argv)}` exited with {code} (the "
                             f"lines above say why); fix it and run the demo again: finished stages are reused")
     seconds = time.perf_counter() - start
-    summary = {**stage.summarize(run_dir), "seconds": round(seconds, 1), "commands": lines, "quick": quick}
+    # The machine a stage ran on travels with its time: a reused stage keeps the line of the run that made it.
+    summary = {**stage.summarize(run_dir), "seconds": round(seconds, 1), "commands": lines, "quick": quick,
+               "machine": machine}
     write_json_atomic(stage_dir / "stage.json", summary)
     console.print(f"{label}: done in {seconds:.0f}s - {stage.headline(summary)}", soft_wrap=True)
     return summary

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmgen.recipes import recipe_path
+from mmgen.train.settings import PRECISION_FILE
 from mmgen.train.train_log import read_train_log
 
 
 @dataclass(frozen=True)
 class DemoBudget:
-    sft_images: int  # one-object colour scenes rendered for SFT
+    sft_images: int  # scenes of GenEval's six tasks rendered for SFT
     tokenizer_steps: int
     tokenizer_eval_images: int
     sft_steps: int
@@ -28,19 +29,29 @@ class DemoBudget:
     guard_limit: int  # prompts per task of GRPO's benchmark guard
 
 
-# Measured on 2 CPU cores (README, "Demo results"): `make demo` on a fresh clone took 27.5 to 29 minutes.
-# The RL gain depends on the SFT start: with 900 SFT steps instead of 1000, GRPO gained +0.015 instead of +0.115.
-FULL = DemoBudget(sft_images=16000, tokenizer_steps=1800, tokenizer_eval_images=500, sft_steps=1000, grpo_steps=280,
+# Sized in work, not minutes (docs/experiments/2026-12-07-demo-on-plain-cpu.md): on a 2-core CPU without native
+# bf16 (fp32, ~120 GFLOP/s matmul) the whole run, set-up included, stays under 30 minutes; faster hardware is faster.
+FULL = DemoBudget(sft_images=24000, tokenizer_steps=1500, tokenizer_eval_images=300, sft_steps=700, grpo_steps=60,
                   benchmark_limit=None, guard_limit=10)
 QUICK = DemoBudget(sft_images=320, tokenizer_steps=30, tokenizer_eval_images=50, sft_steps=6, grpo_steps=2,
                    benchmark_limit=2, guard_limit=1)
 
 
 @dataclass(frozen=True)
+class DemoRun:
+    """One demo run's choices: the budgets, the seed every stage draws from, and the training / sampling precision
+    ("auto": bf16 where the hardware has it natively, else fp32)."""
+
+    budget: DemoBudget
+    seed: int = 0
+    precision: str = "auto"
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     title: str
-    commands: Callable[[Path, DemoBudget], list[list[str]]]  # (run dir, budget) -> `mmgen` argv lists
+    commands: Callable[[Path, DemoRun], list[list[str]]]  # (run dir, run choices) -> `mmgen` argv lists
     summarize: Callable[[Path], dict]  # run dir -> summary (JSON-able)
     headline: Callable[[dict], str]  # the key metric, one line
     resumable: bool = False  # training stages keep an interrupted run's checkpoints and resume from them
@@ -57,56 +68,72 @@ def _train(recipe: str, overrides: dict[str, object]) -> list[str]:
 
 # ---- shapes data and the benchmark's ceiling -----------------------------------------------------------------
 
+SFT_TASKS = "single_object,two_object,counting,colors,position,color_attr"  # GenEval's six, drawn uniformly
 
-def _data_commands(run: Path, budget: DemoBudget) -> list[list[str]]:
-    return [["data", "shapes", "--num", str(budget.sft_images), "--size", "64", "--tasks", "colors",
-             "--out", str(run / "data" / "shapes-colors")]]
+
+def _data_commands(run: Path, demo: DemoRun) -> list[list[str]]:
+    return [["data", "shapes", "--num", str(demo.budget.sft_images), "--size", "64", "--tasks", SFT_TASKS,
+             "--seed", str(demo.seed), "--out", str(run / "data" / "shapes")]]
 
 
 def _data_summary(run: Path) -> dict:
     import datasets
 
-    rows = datasets.load_from_disk(str(run / "data" / "shapes-colors"))
-    return {"images": len(rows), "size": 64, "tasks": "colors"}
+    rows = datasets.load_from_disk(str(run / "data" / "shapes"))
+    return {"images": len(rows), "size": 64, "tasks": SFT_TASKS}
 
 
-def _ground_truth_commands(run: Path, budget: DemoBudget) -> list[list[str]]:
+def _ground_truth_commands(run: Path, demo: DemoRun) -> list[list[str]]:
     return [["eval", "shapes", "--ground-truth", "--out", str(run / "ground_truth")]]
 
 
 def _benchmark_summary(directory: Path) -> dict:
     results = _read_json(directory / "results.json")
-    return {"overall": results["overall"], "tasks": results["tasks"],
-            "images": sum(results["details"]["images"].values())}
+    summary = {"overall": results["overall"], "tasks": results["tasks"],
+               "images": sum(results["details"]["images"].values())}
+    if "precision" in results["details"]:
+        summary["precision"] = results["details"]["precision"]
+    return summary
+
+
+def _precision(stage_dir: Path) -> dict | None:
+    path = stage_dir / PRECISION_FILE
+    return _read_json(path) if path.exists() else None
 
 
 # ---- visual tokenizer ----------------------------------------------------------------------------------------
 
 
-def _tokenizer_commands(run: Path, budget: DemoBudget) -> list[list[str]]:
+def _tokenizer_commands(run: Path, demo: DemoRun) -> list[list[str]]:
     out = run / "tokenizer"
-    steps = budget.tokenizer_steps
+    steps = demo.budget.tokenizer_steps
     return [
         _train("tokenizer/shapes-vq.yaml", {"output_dir": out, "training.max_steps": steps,
+                                            "training.seed": demo.seed, "training.mixed_precision": demo.precision,
                                             "training.checkpoint_every": max(steps // 6, 1),
                                             "training.sample_every": max(steps // 3, 1)}),
         ["tokenizer", "eval", "--tokenizer", str(out / "tokenizer"), "--data", "shapes",
-         "--num", str(budget.tokenizer_eval_images), "--json", str(out / "eval.json"),
+         "--num", str(demo.budget.tokenizer_eval_images), "--json", str(out / "eval.json"),
          "--grid", str(out / "reconstructions.png")],
+        # The benchmark's own scenes through the codes: the best score the LLM stages can reach with them.
+        ["eval", "shapes", "--ground-truth", "--through-tokenizer", str(out / "tokenizer"),
+         *_limit(demo), "--out", str(out / "ceiling")],
     ]
 
 
 def _tokenizer_summary(run: Path) -> dict:
     log = read_train_log(run / "tokenizer" / "train_log.jsonl")
-    return {**_read_json(run / "tokenizer" / "eval.json"), "steps": log[-1]["step"] if log else 0}
+    ceiling = _read_json(run / "tokenizer" / "ceiling" / "results.json")
+    return {**_read_json(run / "tokenizer" / "eval.json"), "steps": log[-1]["step"] if log else 0,
+            "benchmark_ceiling": ceiling["overall"], "precision": _precision(run / "tokenizer")}
 
 
 # ---- vocabulary extension and SFT data -----------------------------------------------------------------------
 
 
-def _vocab_commands(run: Path, budget: DemoBudget) -> list[list[str]]:
+def _vocab_commands(run: Path, demo: DemoRun) -> list[list[str]]:
     return [["init", "--tiny-llm", "llama", "--init", "codebook", "--tokenizer", str(run / "tokenizer" / "tokenizer"),
-             "--out", str(run / "vocab" / "model")]]
+             "--seed", str(demo.seed), "--out", str(run / "vocab" / "model")]]
 
 
 def _vocab_summary(run: Path) -> dict:
@@ -120,14 +147,14 @@ def _vocab_summary(run: Path) -> dict:
             "tokens_per_image": info["tokens_per_image"], "parameters": parameters, "init": info["init"]}
 
 
-def _sft_data_commands(run: Path, budget: DemoBudget) -> list[list[str]]:
+def _sft_data_commands(run: Path, demo: DemoRun) -> list[list[str]]:
     out = run / "sft_data"
     sources = f"sources=[{{path: {out / 'tokenized'}, task: t2i, weight: 1.0}}]"
     return [
-        ["data", "tokenize", "--data", str(run / "data" / "shapes-colors"), "--task", "t2i",
+        ["data", "tokenize", "--data", str(run / "data" / "shapes"), "--task", "t2i",
          "--tokenizer", str(run / "vocab" / "model"), "--out", str(out / "tokenized")],
         ["data", "build", str(recipe_path("data/shapes-t2i.yaml")), f"model={run / 'vocab' / 'model'}", sources,
-         f"output_dir={out / 'built'}"],
+         f"seed={demo.seed}", f"output_dir={out / 'built'}"],
     ]
 
 
@@ -141,11 +168,12 @@ def _sft_data_summary(run: Path) -> dict:
 # ---- SFT, GRPO and their benchmarks --------------------------------------------------------------------------
 
 
-def _sft_commands(run: Path, budget: DemoBudget) -> list[list[str]]:
-    steps = budget.sft_steps
+def _sft_commands(run: Path, demo: DemoRun) -> list[list[str]]:
+    steps = demo.budget.sft_steps
     every = max(steps // 3, 1)
     return [_train("sft/shapes-t2i.yaml", {"model": run / "vocab" / "model", "data": run / "sft_data" / "built",
                                            "output_dir": run / "sft", "training.max_steps": steps,
+                                           "training.seed": demo.seed, "training.mixed_precision": demo.precision,
                                            "training.eval_steps": every, "training.save_steps": every,
                                            "training.logging_steps": max(steps // 45, 1)})]
 
@@ -155,25 +183,32 @@ def _sft_summary(run: Path) -> dict:
     losses = [row["loss"] for row in log if "loss" in row]
     evals = [row["eval_loss"] for row in log if "eval_loss" in row]
     return {"steps": max((row["step"] for row in log), default=0), "first_loss": losses[0] if losses else None,
-            "final_loss": losses[-1] if losses else None, "eval_loss": evals[-1] if evals else None}
+            "final_loss": losses[-1] if losses else None, "eval_loss": evals[-1] if evals else None,
+            "precision": _precision(run / "sft")}
 
 
-def _benchmark_commands(model: str, out: str) -> Callable[[Path, DemoBudget], list[list[str]]]:
-    def commands(run: Path, budget: DemoBudget) -> list[list[str]]:
-        limit = [] if budget.benchmark_limit is None else ["--limit", str(budget.benchmark_limit)]
-        return [["eval", "shapes", "--model", str(run / model / "model"), "--out", str(run / out), *limit]]
+def _limit(demo: DemoRun) -> list[str]:
+    return [] if demo.budget.benchmark_limit is None else ["--limit", str(demo.budget.benchmark_limit)]
+
+
+def _benchmark_commands(model: str, out: str) -> Callable[[Path, DemoRun], list[list[str]]]:
+    def commands(run: Path, demo: DemoRun) -> list[list[str]]:
+        return [["eval", "shapes", "--model", str(run / model / "model"), "--out", str(run / out), *_limit(demo),
+                 "--seed", str(demo.seed), "--dtype", demo.precision]]
 
     return commands
 
 
-def _grpo_commands(run: Path, budget: DemoBudget) -> list[list[str]]:
-    steps = budget.grpo_steps
+def _grpo_commands(run: Path, demo: DemoRun) -> list[list[str]]:
+    steps = demo.budget.grpo_steps
     return [_train("grpo/shapes-geneval.yaml", {"model": run / "sft" / "model", "output_dir": run / "grpo",
                                                 "training.max_steps": steps,
+                                                "training.seed": demo.seed, "prompts.seed": 1000 + demo.seed,
+                                                "training.mixed_precision": demo.precision,
                                                 "training.save_steps": max(steps // 4, 1),
                                                 "training.logging_steps": max(steps // 40, 1),
                                                 "benchmark.every": max(steps // 2, 1),
-                                                "benchmark.limit": budget.guard_limit})]
+                                                "benchmark.limit": demo.budget.guard_limit})]
 
 
 def _grpo_summary(run: Path) -> dict:
@@ -183,7 +218,8 @@ def _grpo_summary(run: Path) -> dict:
     guard = json.loads(guard_path.read_text()) if guard_path.exists() else []
     return {"steps": max((row["step"] for row in log), default=0),
             "first_reward": rewards[0] if rewards else None, "final_reward": rewards[-1] if rewards else None,
-            "guard": [{"step": row["step"], "overall": row["benchmark/overall"]} for row in guard]}
+            "guard": [{"step": row["step"], "overall": row["benchmark/overall"]} for row in guard],
+            "precision": _precision(run / "grpo")}
 
 
 def _score_line(summary: dict) -> str:
@@ -197,14 +233,15 @@ def _optional(value, spec: str) -> str:
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", "Shapes data", _data_commands, _data_summary,
-          lambda s: f"{s['images']} one-object colour scenes at {s['size']}px"),
+          lambda s: f"{s['images']} scenes of GenEval's six tasks at {s['size']}px"),
     Stage("ground_truth", "Benchmark ceiling", _ground_truth_commands,
           lambda run: _benchmark_summary(run / "ground_truth"),
           lambda s: f"rendered ground truth scores {s['overall']:.3f} ({s['images']} images): the detector is exact"),
     Stage("tokenizer", "Visual tokenizer", _tokenizer_commands, _tokenizer_summary,
           lambda s: (f"{s['tokens_per_image']} codes/image from {s['codebook_size']}, detector fidelity "
                      f"{s['detector_fidelity']:.3f}, PSNR {s['psnr']:.1f} dB, "
-                     f"codebook usage {s['codebook_usage']:.2f}"),
+                     f"codebook usage {s['codebook_usage']:.2f}; the benchmark through its codes scores "
+                     f"{s['benchmark_ceiling']:.3f}"),
           resumable=True),
     Stage("vocab", "Vocabulary extension", _vocab_commands, _vocab_summary,
           lambda s: (f"tiny Llama ({s['parameters'] / 1e6:.1f}M parameters), vocabulary {s['vocab_size']} "
