@@ -18,6 +18,7 @@ stream `seed + i * images_per_prompt + k`, so a prompt's images do not depend on
 
 from __future__ import annotations
 
+import difflib
 import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,22 +49,42 @@ def blur_and_jpeg(sigma: float = 1.0, quality: int = 60) -> Callable[[Image.Imag
     return degrade
 
 
-def benchmark_prompts(benchmark_path: str | Path | None = None, limit: int | None = None) -> list[tuple[int, dict]]:
+def benchmark_prompts(benchmark_path: str | Path | None = None, limit: int | None = None,
+                      tasks: Sequence[str] | None = None) -> list[tuple[int, dict]]:
     """`(line index, prompt)` pairs of the benchmark; `limit` keeps the first `limit` prompts of each task, so a
-    quick run still covers every task."""
+    quick run still covers every task; `tasks` keeps only those tasks (None: all)."""
     if benchmark_path is not None and not Path(benchmark_path).is_file():
         raise UserError(f"{benchmark_path}: no such shapes benchmark prompt file")
     if limit is not None and limit < 1:
         raise UserError(f"limit must be at least 1 prompt per task, got {limit}")
+    prompts = load_benchmark(benchmark_path)
+    if tasks is not None:
+        _check_tasks(tasks, {prompt["tag"] for prompt in prompts}, benchmark_path)
     taken: dict[str, int] = {}
     chosen = []
-    for index, prompt in enumerate(load_benchmark(benchmark_path)):
+    for index, prompt in enumerate(prompts):
+        if tasks is not None and prompt["tag"] not in tasks:
+            continue
         if limit is None or taken.get(prompt["tag"], 0) < limit:
             taken[prompt["tag"]] = taken.get(prompt["tag"], 0) + 1
             chosen.append((index, prompt))
     if not chosen:
         raise UserError(f"{benchmark_path or 'the packaged shapes benchmark'}: holds no prompts")
     return chosen
+
+
+def _check_tasks(tasks: Sequence[str], present: set[str], benchmark_path: str | Path | None) -> None:
+    for task in tasks:
+        if task not in present:
+            close = difflib.get_close_matches(task, sorted(present), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"{benchmark_path or 'the packaged shapes benchmark'} has no task {task!r}{hint}; its "
+                            f"tasks are {', '.join(sorted(present))}")
+
+
+def _selection(tasks: Sequence[str] | None) -> dict:
+    """The report's record of a task subset (nothing when every task was scored)."""
+    return {} if tasks is None else {"selected_tasks": list(tasks)}
 
 
 def score_images(images: Sequence[Image.Image], prompts: Sequence[dict], detector=None) -> tuple[list[dict], dict]:
@@ -116,12 +137,12 @@ class TokenizerRoundTrip:
 
 def score_ground_truth(out_dir: str | Path | None = None, size: int = 64, degrade=None,
                        benchmark_path: str | Path | None = None, limit: int | None = None,
-                       round_trip: TokenizerRoundTrip | None = None) -> dict:
+                       round_trip: TokenizerRoundTrip | None = None, tasks: Sequence[str] | None = None) -> dict:
     """Score the benchmark's rendered ground-truth scenes, optionally degraded or seen through a tokenizer's codes
     (`round_trip`: rendered at its image size); writes the reports to out_dir."""
     if round_trip is not None and degrade is not None:
         raise UserError("choose one of degrade and a tokenizer round trip")
-    prompts = [prompt for _, prompt in benchmark_prompts(benchmark_path, limit)]
+    prompts = [prompt for _, prompt in benchmark_prompts(benchmark_path, limit, tasks)]
     size = round_trip.image_size if round_trip is not None else size
     images = render_ground_truth(prompts, size)
     if degrade is not None:
@@ -132,7 +153,7 @@ def score_ground_truth(out_dir: str | Path | None = None, size: int = 64, degrad
     if out_dir is not None:
         source = f"ground truth through the tokenizer {round_trip.path}" if round_trip else "ground truth"
         write_shapes_report(out_dir, records, summary, images, source=source, size=size,
-                            degraded=degrade is not None)
+                            degraded=degrade is not None, **_selection(tasks))
     return summary
 
 
@@ -155,11 +176,11 @@ def generate_benchmark_images(generate_images: GenerateImages, prompts: Sequence
 
 def score_generator(generate_images: GenerateImages, out_dir: str | Path, images_per_prompt: int = 1, seed: int = 0,
                     limit: int | None = None, batch_prompts: int = 32, benchmark_path: str | Path | None = None,
-                    details: dict | None = None, progress: bool = True) -> dict:
+                    details: dict | None = None, progress: bool = True, tasks: Sequence[str] | None = None) -> dict:
     """Generate, save (`<out>/samples/<line>_<k>.png`) and score images for the benchmark prompts; writes the reports
     (with `details`, e.g. the sampling settings) to `out_dir`. The summary adds the generated `size` and
     `ground_truth_overall`, the score of the same prompts' ground truth rendered at that size."""
-    prompts = benchmark_prompts(benchmark_path, limit)
+    prompts = benchmark_prompts(benchmark_path, limit, tasks)
     generated = generate_benchmark_images(generate_images, prompts, images_per_prompt, seed, batch_prompts, progress)
     _save_samples(Path(out_dir) / SAMPLES_DIR, prompts, generated)
     flat_images = [image for per_prompt in generated for image in per_prompt]
@@ -170,7 +191,8 @@ def score_generator(generate_images: GenerateImages, out_dir: str | Path, images
     summary = {**summary, "size": size, "ground_truth_overall": score_images(render_ground_truth(truth, size),
                                                                              truth)[1]["overall"]}
     write_shapes_report(out_dir, records, summary, flat_images, source="generated",
-                        images_per_prompt=images_per_prompt, seed=seed, limit=limit, **(details or {}))
+                        images_per_prompt=images_per_prompt, seed=seed, limit=limit,
+                        **_selection(tasks), **(details or {}))
     return summary
 
 

@@ -229,6 +229,22 @@ def test_shapes_ground_truth_still_scores_one_and_writes_reports(tmp_path, capsy
     assert all((tmp_path / name).is_file() for name in REPORTS)
 
 
+def test_shapes_tasks_keeps_only_the_named_tasks_and_averages_over_them(unified_dir, tmp_path):
+    truth = tmp_path / "truth"
+    assert main(["eval", "shapes", "--ground-truth", "--out", str(truth), "--limit", "3",
+                 "--tasks", "single_object,colors"]) == 0
+    results = read_json(truth / "results.json")
+    assert results["prompts"] == {"single_object": 3, "colors": 3} and results["details"]["selected_tasks"] == [
+        "single_object", "colors"]
+
+    out = tmp_path / "model"
+    assert main(["eval", "shapes", "--model", str(unified_dir), "--out", str(out), "--limit", "1", "--tasks",
+                 "position", "--device", "cpu"]) == 0
+    results = read_json(out / "results.json")
+    assert list(results["tasks"]) == ["position"] and results["overall"] == results["tasks"]["position"]
+    assert len(list((out / "samples").iterdir())) == 1
+
+
 # ---- errors before anything is loaded or generated ------------------------------------------------------------
 
 GENEVAL = ["eval", "geneval", "--model", "{model}", "--metadata", "{metadata}", "--out", "{out}"]
@@ -274,6 +290,7 @@ OFFICIAL = ["--official-script", "{missing}", "--official-python", "python3", "-
         (SHAPES + ["--model", "{model}", "--size", "32"], "--size, --degrade and --through-tokenizer apply to --ground-truth"),
         (SHAPES + ["--model", "{model}", "--prompts", "{missing}"], "no such shapes benchmark prompt file"),
         (SHAPES + ["--model", "{model}", "--top-k", "-2"], "top_k must be >= 0"),
+        (SHAPES + ["--model", "{model}", "--tasks", "colours"], "no task 'colours' (did you mean 'colors'?)"),
     ],
 )
 def test_bad_input_is_one_line_before_the_checkpoint_loads(argv, expected, unified_dir, tiny_lm_dir, blip_dir, bench,

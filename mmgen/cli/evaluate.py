@@ -101,6 +101,8 @@ def _add_shapes_parser(suites) -> None:
                         help="image k of prompt line i uses seed + i * images-per-prompt + k (default 0)")
     shapes.add_argument("--limit", type=_positive_int, metavar="N",
                         help="only the first N prompts of each task (quick checks)")
+    shapes.add_argument("--tasks", type=_task_list, metavar="T1,T2",
+                        help="only these tasks, comma-separated, e.g. single_object,colors (default: all)")
     shapes.add_argument("--batch-prompts", type=_positive_int, default=32, metavar="N",
                         help="prompts per sampler call (default 32)")
     shapes.add_argument("--prompts", metavar="FILE",
@@ -118,6 +120,13 @@ def _add_shapes_parser(suites) -> None:
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     add_sampling_options(parser)
     add_checkpoint_options(parser)
+
+
+def _task_list(text: str) -> list[str]:
+    tasks = [task.strip() for task in text.split(",") if task.strip()]
+    if not tasks:
+        raise argparse.ArgumentTypeError("expected task names separated by commas, e.g. single_object,colors")
+    return tasks
 
 
 def _positive_int(text: str) -> int:
@@ -199,16 +208,17 @@ def _run_shapes(args) -> int:
                             "drop --size and --degrade")
         round_trip = TokenizerRoundTrip(args.through_tokenizer) if args.through_tokenizer else None
         summary = score_ground_truth(args.out, size=args.size or 64, degrade=blur_and_jpeg() if args.degrade else None,
-                                     benchmark_path=args.prompts, limit=args.limit, round_trip=round_trip)
+                                     benchmark_path=args.prompts, limit=args.limit, round_trip=round_trip,
+                                     tasks=args.tasks)
         _print_scores("shapes benchmark: ground truth" + (" through the tokenizer" if round_trip else ""), summary)
     else:
         if args.size or args.degrade or args.through_tokenizer:
             raise UserError("--size, --degrade and --through-tokenizer apply to --ground-truth; a model's images are "
                             "scored at the size its visual tokenizer decodes")
-        benchmark_prompts(args.prompts, args.limit)  # a bad prompt file fails before the checkpoint loads
+        benchmark_prompts(args.prompts, args.limit, args.tasks)  # a bad prompt file fails before the checkpoint loads
         generate_images, run = _open_sampler(args)
         summary = score_generator(generate_images, args.out, args.images_per_prompt, args.seed, args.limit,
-                                  args.batch_prompts, args.prompts, details=run)
+                                  args.batch_prompts, args.prompts, details=run, tasks=args.tasks)
         _print_scores("shapes benchmark", summary)
         print(f"images scored at {summary['size']} px, where the ground truth of these prompts scores "
               f"{summary['ground_truth_overall']:.3f} (the ceiling)")
