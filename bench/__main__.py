@@ -6,7 +6,7 @@ import argparse
 import importlib
 import json
 
-BENCHMARKS = ["tokenizer", "sampling", "grpo_memory"]
+BENCHMARKS = ["tokenizer", "sampling", "sft", "grpo", "grpo_memory"]
 
 
 def main() -> None:
