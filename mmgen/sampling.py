@@ -29,8 +29,8 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 from mmgen.checkpoint import DECODER_DIR, UnifiedModel, load_unified, read_meta
 from mmgen.decoders.conditioning import code_conditions, image_span_hidden_states
 from mmgen.errors import UserError
-from mmgen.images import center_square, load_image, pil_to_tensor, tensor_to_pil
 from mmgen.hardware import cpu_capability
+from mmgen.images import center_square, load_image, pil_to_tensor, tensor_to_pil
 from mmgen.runtime import DTYPES, PRECISIONS, Precision, resolve_precision
 from mmgen.vocab import ImageVocab
 

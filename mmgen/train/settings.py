@@ -55,7 +55,8 @@ class TrainerSettings:
         import torch
 
         if self.mixed_precision == "fp16" and not torch.cuda.is_available():
-            raise UserError("mixed_precision fp16 needs CUDA; use auto (bf16 where this CPU has it natively, else fp32)")
+            raise UserError("mixed_precision fp16 needs CUDA; "
+                            "use auto (bf16 where this CPU has it natively, else fp32)")
         if self.report_to != "none" and importlib.util.find_spec(self.report_to) is None:
             raise UserError(f"training.report_to: {self.report_to} is not installed ({TRACKER_INSTALL[self.report_to]}"
                             "); or set training.report_to=none")
