@@ -135,7 +135,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_unified(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None,
-                 adapter: str | os.PathLike | None = None, attn_implementation: str = "sdpa",
+                 adapter: str | os.PathLike | None = None, attn_implementation: str = "auto",
                  trust_remote_code: bool = False, with_model: bool = True) -> UnifiedModel:
     """Load a unified checkpoint (and a LoRA adapter: `adapter`, else the checkpoint's own `adapter/`).
 
@@ -163,23 +163,46 @@ def load_unified(path: str | os.PathLike, device: str = "cpu", dtype: str | None
     return UnifiedModel(model, tokenizer, vocab, visual_tokenizer.eval(), meta, path)
 
 
-def load_causal_lm(path: Path, device: torch.device, dtype: str | None = None, attn_implementation: str = "sdpa",
-                   trust_remote_code: bool = False) -> PreTrainedModel:
-    """A local HF causal LM, safetensors only, no hub access, remote code only when asked for."""
+def load_causal_lm(path: Path, device: torch.device, dtype: str | None = None, attn_implementation: str = "auto",
+                   trust_remote_code: bool = False, attn_device: torch.device | None = None) -> PreTrainedModel:
+    """A local HF causal LM, safetensors only, no hub access, remote code only when asked for.
+
+    `attn_implementation` is checked against the family's class ("auto": what it supports best on `attn_device`,
+    the device the model will run on, by default `device`)."""
     if not (path / "config.json").is_file():
         raise UserError(f"{path} is not a Hugging Face model directory (no config.json)")
     refuse_pickle_only(path)
     torch_dtype = pick_dtype(dtype, device) or "auto"
+    attn = pick_attn_implementation(attn_implementation, attn_device or device,
+                                    causal_lm_class(path, trust_remote_code))
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code,
-            dtype=torch_dtype, attn_implementation=pick_attn_implementation(attn_implementation, device))
+            dtype=torch_dtype, attn_implementation=attn)
     except ValueError as error:
         if "trust_remote_code" in str(error):
             raise UserError(f"{path} needs custom code to load; pass --trust-remote-code only if you trust "
                             "its code") from error
         raise
     return model.to(device)
+
+
+def causal_lm_class(path: Path, trust_remote_code: bool = False) -> type | None:
+    """The transformers class `AutoModelForCausalLM` builds for the model at `path`; None for custom code."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    except ValueError as error:
+        if "trust_remote_code" in str(error):
+            raise UserError(f"{path} needs custom code to load; pass --trust-remote-code only if you trust "
+                            "its code") from error
+        raise UserError(f"{path}/config.json cannot be read as a transformers config: {error}") from error
+    try:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:
+        return None
 
 
 def load_text_tokenizer(path: Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -201,13 +224,14 @@ def attach_adapter(model: PreTrainedModel, adapter: str | os.PathLike) -> PreTra
 
 def init_unified(base: str | os.PathLike, tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike,
                  init: str = "mean", prompt_format: str = "plain", pad_to_multiple_of: int | None = None,
-                 seed: int = 0, trust_remote_code: bool = False, dtype: str | None = None) -> Path:
+                 seed: int = 0, trust_remote_code: bool = False, dtype: str | None = None,
+                 attn_implementation: str = "auto") -> Path:
     """`mmgen init`: extend a base LLM's vocabulary with a visual tokenizer's codes and save the unified checkpoint."""
     base = Path(base)
     if (base / MMGEN_JSON).exists():
         raise UserError(f"{base} is already a unified checkpoint; `mmgen init` starts from the base LLM directory")
     visual_tokenizer = load_visual_tokenizer(tokenizer_dir)
-    model = load_causal_lm(base, torch.device("cpu"), dtype, "sdpa", trust_remote_code)
+    model = load_causal_lm(base, torch.device("cpu"), dtype, attn_implementation, trust_remote_code)
     tokenizer = load_text_tokenizer(base, trust_remote_code)
     vocab = extend_vocabulary(model, tokenizer, visual_tokenizer.codebook_size, init=init,
                               code_embeddings=visual_tokenizer.code_embeddings() if init == "codebook" else None,

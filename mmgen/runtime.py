@@ -97,15 +97,29 @@ def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype | Non
     return DTYPES[requested]
 
 
-def pick_attn_implementation(requested: str, device: torch.device) -> str:
-    """flash-attn only when asked for and really usable; "auto" takes it when present on CUDA, else sdpa."""
+def pick_attn_implementation(requested: str, device: torch.device, model_class: type | None = None) -> str:
+    """The attention kernel to load a causal LM with, checked against what its class supports.
+
+    "auto" takes flash-attn on CUDA when installed and supported, else sdpa where the family has it, else eager
+    (Gemma 2's soft-capping has no sdpa path). An explicit choice the family cannot run fails with the one it can.
+    `model_class` None (custom code, unknown class) trusts the request."""
     if requested not in ATTN_IMPLEMENTATIONS:
         raise UserError(f"unknown attn_implementation {requested!r}; expected one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+    supports_sdpa = model_class is None or bool(getattr(model_class, "_supports_sdpa", False))
+    supports_flash = model_class is None or bool(getattr(model_class, "_supports_flash_attn", False))
     flash_ready = device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+    fallback = "sdpa" if supports_sdpa else "eager"
     if requested == "auto":
-        return "flash_attention_2" if flash_ready else "sdpa"
-    if requested == "flash_attention_2" and not flash_ready:
-        missing = ("a CUDA device" if device.type != "cuda"
-                   else "the flash-attn package (pip install 'mmgen-kit[flash-attn]')")
-        raise UserError(f"attn_implementation flash_attention_2 needs {missing}; use 'sdpa' (the default fallback)")
+        return "flash_attention_2" if flash_ready and supports_flash else fallback
+    name = model_class.__name__ if model_class is not None else "this model"
+    if requested == "sdpa" and not supports_sdpa:
+        raise UserError(f"{name} has no sdpa attention; use 'eager' or 'auto' (--attn / attn_implementation)")
+    if requested == "flash_attention_2":
+        if not supports_flash:
+            raise UserError(f"{name} has no flash-attn support; use {fallback!r} or 'auto'")
+        if not flash_ready:
+            missing = ("a CUDA device" if device.type != "cuda"
+                       else "the flash-attn package (pip install 'mmgen-kit[flash-attn]')")
+            raise UserError(f"attn_implementation flash_attention_2 needs {missing}; use 'auto' (falls back to "
+                            f"{fallback})")
     return requested

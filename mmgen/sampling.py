@@ -170,7 +170,7 @@ class ImageGenerator:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu", dtype: str | None = None,
-                        adapter: str | os.PathLike | None = None, attn_implementation: str = "sdpa",
+                        adapter: str | os.PathLike | None = None, attn_implementation: str = "auto",
                         decoder: str = "tokenizer") -> ImageGenerator:
         return cls(load_unified(path, device=device, dtype=dtype, adapter=adapter,
                                 attn_implementation=attn_implementation), decoder=decoder)
@@ -418,8 +418,8 @@ def _as_list(prompts: str | Sequence[str]) -> list[str]:
 
 
 def load_generator(path: str | os.PathLike, settings: dict, device: str = "cpu", dtype: str | None = None,
-                   adapter: str | os.PathLike | None = None, decoder: str = "tokenizer"
-                   ) -> tuple[ImageGenerator, SamplingConfig]:
+                   adapter: str | os.PathLike | None = None, decoder: str = "tokenizer",
+                   attn_implementation: str = "auto") -> tuple[ImageGenerator, SamplingConfig]:
     """Check `settings` against the checkpoint's defaults, then load it: a bad setting costs no model load.
 
     `dtype` "auto" follows the hardware (bf16 where it is native, else fp32: `resolve_precision`), None or "stored"
@@ -427,7 +427,8 @@ def load_generator(path: str | os.PathLike, settings: dict, device: str = "cpu",
     SamplingConfig.from_defaults(read_meta(path).get("sampling", {}), **settings)
     precision = resolve_precision(dtype, device if device != "auto" else None) if dtype in PRECISIONS else None
     generator = ImageGenerator.from_pretrained(path, device=device, dtype=precision.name if precision else None,
-                                               adapter=adapter, decoder=decoder)
+                                               adapter=adapter, decoder=decoder,
+                                               attn_implementation=attn_implementation)
     if precision is not None:
         generator.precision = precision
     return generator, generator.config(**settings)

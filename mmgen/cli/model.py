@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mmgen.cli.options import add_checkpoint_options, add_sampling_options, open_generator, sampling_settings
+from mmgen.cli.options import (add_attn_option, add_checkpoint_options, add_sampling_options, open_generator,
+                               sampling_settings)
 
 
 def add_parser(verbs) -> None:
@@ -26,6 +27,7 @@ def add_parser(verbs) -> None:
     init.add_argument("--pad-to-multiple-of", type=int, help="pad the embedding table (e.g. 64 for tensor cores)")
     init.add_argument("--seed", type=int, default=0, help="seed of the row initialisation")
     init.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --base")
+    add_attn_option(init)
     init.set_defaults(handler=_run_init)
 
     generate = verbs.add_parser("generate", help="sample images from a unified checkpoint",
@@ -82,7 +84,7 @@ def _run_init(args) -> int:
         base = args.base or save_demo_lm(Path(scratch) / "tiny-llm", args.tiny_llm, seed=args.seed)
         out = init_unified(base, args.tokenizer, args.out, init=args.init, prompt_format=args.prompt_format,
                            pad_to_multiple_of=args.pad_to_multiple_of, seed=args.seed,
-                           trust_remote_code=args.trust_remote_code)
+                           trust_remote_code=args.trust_remote_code, attn_implementation=args.attn)
     meta = read_meta(out)
     tokens = meta["image_tokens"]
     print(f"unified checkpoint: {out} ({tokens['codebook_size']} code tokens from id {tokens['first_code_id']}, "

@@ -16,9 +16,16 @@ def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=["auto", "stored", "fp32", "bf16", "fp16"], default="auto",
                        help="model dtype; auto (default): bf16 on hardware with native bf16, else fp32; "
                             "stored: the checkpoint's own")
+    add_attn_option(group)
     group.add_argument("--decoder", choices=["tokenizer", "diffusion"], default="tokenizer",
                        help="render codes with the visual tokenizer's decoder (default) or the checkpoint's "
                             "diffusion decoder head (decoder/)")
+
+
+def add_attn_option(parser) -> None:
+    parser.add_argument("--attn", choices=["auto", "sdpa", "eager", "flash_attention_2"], default="auto",
+                        help="attention kernel; auto (default): flash-attn on CUDA when installed, else sdpa where "
+                             "the model family has it, else eager")
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -42,6 +49,6 @@ def open_generator(args: argparse.Namespace, settings: dict):
     from mmgen.sampling import load_generator
 
     generator, config = load_generator(args.model, settings, device=args.device, dtype=args.dtype,
-                                       adapter=args.adapter, decoder=args.decoder)
+                                       adapter=args.adapter, decoder=args.decoder, attn_implementation=args.attn)
     print(f"sampling: {generator.precision.line()}", flush=True)
     return generator, config

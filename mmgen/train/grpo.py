@@ -36,7 +36,6 @@ from mmgen.checkpoint import UnifiedModel, load_causal_lm, load_unified
 from mmgen.config import must_exist
 from mmgen.errors import UserError
 from mmgen.rewards.scoring import ON_ERROR, RewardSet
-from mmgen.runtime import pick_attn_implementation
 from mmgen.sampling import CodeHead, ImageGenerator, SamplingConfig, guide, left_pad
 from mmgen.train.checkpoints import latest_complete_checkpoint, write_final_checkpoint
 from mmgen.train.grpo_data import PromptSettings, build_prompt_dataset
@@ -226,8 +225,8 @@ def check_requirements(recipe: GRPORecipe) -> None:
 
 def load_policy(recipe: GRPORecipe, unified: UnifiedModel):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    attn = pick_attn_implementation(recipe.training.attn_implementation, device)
-    model = load_causal_lm(Path(recipe.model), torch.device("cpu"), "fp32", attn, recipe.trust_remote_code)
+    model = load_causal_lm(Path(recipe.model), torch.device("cpu"), "fp32", recipe.training.attn_implementation,
+                           recipe.trust_remote_code, attn_device=device)
     if recipe.method == "full":
         return model
     return add_lora(model, recipe.lora, unified.vocab.start_id,

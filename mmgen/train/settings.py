@@ -29,7 +29,7 @@ class TrainerSettings:
     max_grad_norm: float = 1.0
     mixed_precision: str = "auto"  # "auto" (bf16 where the hardware has it natively, else fp32), "fp32", "bf16", "fp16"
     gradient_checkpointing: bool = False
-    attn_implementation: str = "auto"  # "auto": flash-attn on CUDA when installed, else sdpa
+    attn_implementation: str = "auto"  # "auto": flash-attn on CUDA when installed, else sdpa, else eager
     seed: int = 0
     logging_steps: int = 10
     save_steps: int = 200

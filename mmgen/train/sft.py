@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 from transformers import TrainerCallback, set_seed
 
-from mmgen.checkpoint import UnifiedModel, load_causal_lm, load_unified
+from mmgen.checkpoint import UnifiedModel, causal_lm_class, load_causal_lm, load_unified
 from mmgen.config import must_exist
 from mmgen.errors import UserError
 from mmgen.runtime import pick_attn_implementation
@@ -139,18 +139,21 @@ def check_dataset(dataset, path: str, meta: dict) -> None:
 
 def load_model_for_training(recipe: SFTRecipe, unified: UnifiedModel):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    attn = pick_attn_implementation(recipe.training.attn_implementation, device)
+    attn = recipe.training.attn_implementation
     if recipe.method == "qlora":
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                           bnb_4bit_compute_dtype=torch.bfloat16)
         model = AutoModelForCausalLM.from_pretrained(recipe.model, local_files_only=True, use_safetensors=True,
-                                                     quantization_config=quantization, attn_implementation=attn,
+                                                     quantization_config=quantization,
+                                                     attn_implementation=pick_attn_implementation(
+                                                         attn, device, causal_lm_class(Path(recipe.model))),
                                                      trust_remote_code=recipe.trust_remote_code)
     else:
         # Master weights in fp32; bf16 comes from autocast (the Trainer's bf16=True).
-        model = load_causal_lm(Path(recipe.model), torch.device("cpu"), "fp32", attn, recipe.trust_remote_code)
+        model = load_causal_lm(Path(recipe.model), torch.device("cpu"), "fp32", attn, recipe.trust_remote_code,
+                               attn_device=device)
     if recipe.method == "full":
         return model
     return add_lora(model, recipe.lora, unified.vocab.start_id, quantized=recipe.method == "qlora",
