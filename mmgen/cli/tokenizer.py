@@ -52,10 +52,17 @@ def add_recipe_arguments(parser) -> None:
     parser.add_argument("recipe", help="YAML recipe")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides, e.g. training.max_steps=100")
+    resume = parser.add_argument_group("an output_dir that already holds checkpoints of a run with other settings")
+    resume.add_argument("--restart", action="store_true",
+                        help="remove that run's checkpoints and log and start afresh")
+    resume.add_argument("--accept-changes", action="store_true",
+                        help="resume from its checkpoints under the new settings (default: refuse; the step "
+                             "budget and logging/saving cadence may always change)")
 
 
 def run_tokenizer_train(args) -> int:
     from mmgen.config import load_config, read_recipe_key
+    from mmgen.train.run_record import check_resume
     from mmgen.train.tokenizer import TokenizerRecipe, train_tokenizer
 
     if read_recipe_key(args.recipe, "stage") == "semantic_tokenizer":
@@ -70,6 +77,7 @@ def run_tokenizer_train(args) -> int:
         print(config_to_yaml(recipe), end="")
         print(f"recipe OK: {args.recipe}")
         return 0
+    check_resume(recipe, recipe.output_dir, restart=args.restart, accept_changes=args.accept_changes)
     final = train_tokenizer(recipe)
     print(f"tokenizer saved to {final}")
     return 0

@@ -31,6 +31,7 @@ def _run_recipe(args, schema, check_requirements, train, check_parts=None, saved
     """Load and check a recipe (keys, types, paths), then train, or with --dry-run print it and stop."""
     from mmgen.config import config_to_yaml, load_config
     from mmgen.errors import UserError
+    from mmgen.train.run_record import check_resume
 
     recipe = load_config(schema, args.recipe, args.overrides)
     if getattr(args, "dry_run", False):
@@ -44,6 +45,7 @@ def _run_recipe(args, schema, check_requirements, train, check_parts=None, saved
         print(f"recipe OK: {args.recipe}")
         return 0
     check_requirements(recipe)
+    check_resume(recipe, recipe.output_dir, restart=args.restart, accept_changes=args.accept_changes)
     final = train(recipe)
     print(f"{saved} saved to {final}")
     return 0

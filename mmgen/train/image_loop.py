@@ -27,6 +27,7 @@ from mmgen.errors import UserError
 from mmgen.files import write_json_atomic
 from mmgen.runtime import PRECISIONS, resolve_precision
 from mmgen.train.settings import announce_precision
+from mmgen.train.train_log import TRAIN_LOG, drop_lines_after
 
 
 @dataclass
@@ -173,7 +174,9 @@ def run_image_loop(accelerator: Accelerator, cfg: ImageTrainingConfig, output_di
         accelerator.print(f"resuming from {checkpoint} (step {start_step})")
     fixed_eval = prepare(collate([eval_set[i] for i in range(min(16, len(eval_set)))])[0])
     skipped: dict[str, str] = state.get("skipped", {})  # row -> reason; a row is reported once
-    log_path = output_dir / "train_log.jsonl"
+    log_path = output_dir / TRAIN_LOG
+    if accelerator.is_main_process:
+        drop_lines_after(log_path, start_step)
     bar = tqdm(total=cfg.max_steps, initial=start_step, desc=desc, disable=not progress or
                not accelerator.is_main_process, dynamic_ncols=True)
     step, started = start_step, time.perf_counter()

@@ -30,6 +30,14 @@ def read_train_log(path: str | Path) -> list[dict]:
     return rows
 
 
+def drop_lines_after(path: str | Path, step: int) -> None:
+    """Keep only the lines of steps <= `step`: a run resuming from checkpoint `step` trains the later ones again."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kept = [row for row in read_train_log(path) if row.get("step", 0) <= step]
+    path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+
+
 class TrainLogCallback(TrainerCallback):
     """Appends `{"step": ..., **logs}` to `<output_dir>/train_log.jsonl` on the main process."""
 
@@ -39,9 +47,7 @@ class TrainLogCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = [row for row in read_train_log(self.path) if row.get("step", 0) <= state.global_step]
-        self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        drop_lines_after(self.path, state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
