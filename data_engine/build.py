@@ -36,11 +36,12 @@ from .mixture import DROPOUT, SAMPLE, SPLIT, dropout_mask, proportional_counts, 
 from .pretokenize import SOURCE_ROW_COLUMN
 from .readers import TASKS, TEXT_FIELDS
 from .sources import stable_hash
-from .tokenized import CODE_COLUMNS, Tokenized, empty_split_shards, load_tokenized, tokenizer_fingerprint
+from .tokenized import CODE_COLUMNS, SKIPPED_NAME, Tokenized, empty_split_shards, load_tokenized, tokenizer_fingerprint
 
 BUILD_INFO_NAME = "build_info.json"
 BUILD_FORMAT_VERSION = 1
 DEFAULT_EVAL_FRACTION = 0.02
+MAX_EVAL_SHARE = 0.25  # an eval_size meant for a large corpus never takes more than this share of a small one
 CONDITIONED_TASKS = ("t2i", "edit")  # tasks whose condition cond_dropout may drop (understanding has none)
 EXAMPLE_FEATURES = Features({
     "input_ids": List(Value("int64")),
@@ -163,7 +164,7 @@ def build_dataset(recipe: DataBuildRecipe, log: Callable[[str], None] = print) -
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.work-", dir=out.parent) as scratch:
         plans = [_plan_source(index, spec, meta, model, model_fingerprint, prompts, recipe, Path(scratch), log)
                  for index, spec in enumerate(recipe.sources)]
-        _split_eval(plans, recipe)
+        _split_eval(plans, recipe, log)
         splits, reports = _mix(plans, recipe, prompts, Path(scratch), log)
         info = _build_info(recipe, model, meta, splits, reports)
         try:
@@ -196,6 +197,9 @@ def _mix(plans: list[SourcePlan], recipe: DataBuildRecipe, prompts: PromptBuilde
                                     maker, index, scratch / f"eval-{index}"))
         reports.append(_source_report(plan, count, int(uncond.sum())))
         log(_source_line(index, reports[-1]))
+        if plan.task in CONDITIONED_TASKS and recipe.cond_dropout > 0 and not uncond.any():
+            log(f"warning: source {index} has {count} train rows, too few for cond_dropout {recipe.cond_dropout:g} "
+                "to drop any condition: the model gets no unconditional rows, so CFG has no branch to guide from")
     splits = DatasetDict({"train": concatenate_datasets(train_parts).shuffle(seed=recipe.seed),
                           "eval": concatenate_datasets(eval_parts)})
     return splits, reports
@@ -205,6 +209,11 @@ def _plan_source(index: int, spec: MixtureSource, meta: dict, model: Path, model
                  prompts: PromptBuilder, recipe: DataBuildRecipe, scratch: Path,
                  log: Callable[[str], None]) -> SourcePlan:
     tokenized = load_tokenized(spec.path)
+    if len(tokenized.dataset) == 0:
+        skipped = tokenized.info.get("rows", {}).get("skipped", 0)
+        raise UserError(f"sources[{index}] ({spec.path}) has no rows: {skipped} were skipped when it was tokenized "
+                        f"(listed in its {SKIPPED_NAME}); fix or replace those images and re-run "
+                        "`mmgen data tokenize`, or drop the source")
     if spec.task is not None and spec.task != tokenized.task:
         raise UserError(f"sources[{index}] ({spec.path}) says task {spec.task} but was tokenized for "
                         f"{tokenized.task}; re-run `mmgen data tokenize --task {spec.task}` or fix the recipe")
@@ -242,14 +251,20 @@ def check_compatible(tokenized: Tokenized, meta: dict, model: Path) -> None:
             f"tokens per image (mmgen.json); re-tokenize with `--tokenizer {model / meta['visual_tokenizer']}`")
 
 
-def _split_eval(plans: list[SourcePlan], recipe: DataBuildRecipe) -> None:
+def _split_eval(plans: list[SourcePlan], recipe: DataBuildRecipe, log: Callable[[str], None] = print) -> None:
     """Hold out eval rows: `eval_size` (or `eval_fraction` of all kept rows) split over sources by weight.
 
-    A source keeps at least one train row when it has a positive weight.
+    An `eval_size` above MAX_EVAL_SHARE of the rows (a recipe written for a larger corpus) is cut to that share, and
+    a source keeps at least one train row when it has a positive weight.
     """
     available = sum(plan.kept.size for plan in plans)
     if recipe.eval_size is not None:
         total = recipe.eval_size
+        cap = int(MAX_EVAL_SHARE * available)
+        if total > cap:
+            log(f"warning: eval_size {total} would hold out {total} of {available} rows; holding out {cap} "
+                f"({MAX_EVAL_SHARE:.0%}) so training keeps the rest (set eval_size or eval_fraction to choose)")
+            total = cap
     else:
         fraction = DEFAULT_EVAL_FRACTION if recipe.eval_fraction is None else recipe.eval_fraction
         total = int(round(fraction * available))

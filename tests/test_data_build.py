@@ -195,3 +195,45 @@ def test_shipped_recipes_build_from_the_documented_chain(name, unified_dir, tiny
     built = datasets.load_from_disk(str(out))
     assert len(built["train"]) == 40 and len(built["eval"]) == 3
     assert set(built["train"]["task"]) == {s.task for s in config.sources}
+
+
+def test_an_eval_size_for_a_large_corpus_leaves_a_small_one_for_training(unified_dir, tokenized_dirs, tmp_path):
+    """The README's recipe (eval_size 200) on a 30-row folder used to hold out 29 rows and train on one."""
+    lines = []
+    out = build_dataset(recipe(unified_dir, tmp_path / "out", [(tokenized_dirs["t2i"], 1.0)], eval_size=200),
+                        log=lines.append)
+    info = json.loads((out / BUILD_INFO_NAME).read_text())
+    assert info["splits"] == {"train": 23, "eval": 7}  # a quarter of 30, rounded down, held out
+    assert any("eval_size 200 would hold out 200 of 30 rows; holding out 7" in line for line in lines)
+    assert info["sources"][0]["uncond_rows"] == 2  # cond_dropout 0.1 of 23 train rows
+
+
+def test_too_few_rows_for_any_unconditional_row_is_said(unified_dir, tokenized_dirs, tmp_path):
+    lines = []
+    build_dataset(recipe(unified_dir, tmp_path / "out", [(tokenized_dirs["t2i"], 1.0)], train_size=3),
+                  log=lines.append)
+    assert any("too few for cond_dropout 0.1" in line and "CFG" in line for line in lines)
+
+
+def test_a_source_whose_every_row_was_skipped_is_refused_by_name(unified_dir, tiny_visual_tokenizer_dir, tmp_path,
+                                                                 capsys):
+    """`data tokenize` of a folder of corrupt images says so and exits non-zero; `data build` names the source."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    (folder / "captions.jsonl").write_text('{"file": "a.png", "caption": "x"}\n{"file": "b.png", "caption": "y"}\n')
+    tokenized = tmp_path / "tokenized"
+    assert main(["data", "tokenize", "--data", str(folder), "--tokenizer", str(tiny_visual_tokenizer_dir),
+                 "--out", str(tokenized), "--cache-dir", str(tmp_path / "cache")]) == 2
+    captured = capsys.readouterr()
+    assert "0 of 2 rows written" in captured.out
+    error = captured.err.strip().splitlines()[-1]  # after the progress bars
+    assert error.startswith("mmgen data: error: no usable rows: all 2 rows"), error
+    assert (tokenized / "skipped.jsonl").read_text().count("\n") == 2  # written, for the user to inspect
+    file = tmp_path / "recipe.yaml"
+    file.write_text(f"model: {unified_dir}\noutput_dir: {tmp_path / 'built'}\nsources:\n  - path: {tokenized}\n")
+    assert main(["data", "build", str(file)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"mmgen data: error: sources[0] ({tokenized}) has no rows: 2 were skipped"), error
+    assert not (tmp_path / "built").exists()

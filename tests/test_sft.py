@@ -227,3 +227,11 @@ def test_sigkilled_cli_run_resumes_with_the_same_result(unified_dir, sft_data, t
         tmp_path / "cut" / "model" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def test_a_run_that_repeats_its_few_rows_many_times_is_warned_about():
+    from mmgen.train.sft import repetition_warning
+
+    assert repetition_warning(train_rows=1000, max_steps=300, batch_size=32) is None  # under 10 passes
+    line = repetition_warning(train_rows=1, max_steps=30, batch_size=32)
+    assert "pass 960 times over the 1 train rows" in line and "training.max_steps" in line

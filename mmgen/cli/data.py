@@ -120,6 +120,7 @@ def _parse_columns(items: list[str]) -> dict[str, str]:
 def _run_data_tokenize(args) -> int:
     from mmgen.data_engine.pretokenize import summary_line, tokenize
     from mmgen.data_engine.tokenized import SKIPPED_NAME
+    from mmgen.errors import UserError
 
     result = tokenize(args.data, args.tokenizer, args.out, task=args.task, num=args.num, seed=args.seed,
                       columns=_parse_columns(args.column), batch_size=args.batch_size, num_shards=args.num_shards,
@@ -129,6 +130,9 @@ def _run_data_tokenize(args) -> int:
     if result.info["rows"]["skipped"]:
         print(f"skipped rows are listed in {result.path / SKIPPED_NAME}")
     print(f"wrote {result.path}")
+    if result.info["rows"]["written"] == 0:
+        raise UserError(f"no usable rows: all {result.info['rows']['read']} rows of {args.data} were skipped (see "
+                        f"{result.path / SKIPPED_NAME}); the next stage has nothing to build from")
     return 0
 
 

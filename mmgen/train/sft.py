@@ -91,6 +91,9 @@ def train_sft(recipe: SFTRecipe, callbacks: list[TrainerCallback] | None = None)
     unified = load_unified(recipe.model, with_model=False)  # the LM is loaded for training below
     dataset = load_from_disk(recipe.data)
     check_dataset(dataset, recipe.data, unified.meta)
+    warning = repetition_warning(len(dataset["train"]), recipe.training.max_steps, recipe.training.batch_size)
+    if warning:
+        logger.warning(warning)
     set_seed(recipe.training.seed)  # LoRA's random init happens before the Trainer seeds anything
     model = load_model_for_training(recipe, unified)
     trainer = build_trainer(recipe, model, unified, dataset, callbacks or [])
@@ -115,6 +118,19 @@ def check_requirements(recipe: SFTRecipe) -> None:
         raise UserError(f"optimizer {recipe.training.optimizer} needs bitsandbytes "
                         "(pip install 'mmgen-kit[bitsandbytes]'); use optimizer: adamw")
     recipe.training.check_machine()
+
+
+MANY_EPOCHS = 10  # passes over the train split beyond which a run mostly memorises its rows
+
+
+def repetition_warning(train_rows: int, max_steps: int, batch_size: int) -> str | None:
+    """A line for runs that would show each train row many times (a small folder with a large-corpus recipe)."""
+    epochs = max_steps * batch_size / max(train_rows, 1)
+    if epochs <= MANY_EPOCHS:
+        return None
+    return (f"{max_steps} steps x batch {batch_size} pass {epochs:.0f} times over the {train_rows} train rows: the "
+            "model will memorise them; add data (`mmgen data build` train_size / more sources) or lower "
+            "training.max_steps")
 
 
 def check_dataset(dataset, path: str, meta: dict) -> None:
