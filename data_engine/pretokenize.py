@@ -66,6 +66,7 @@ class RowEncoder:
     def __init__(self, source: Source, tokenizer_dir: str, image_size: int, row_offset: int, device: str,
                  threads: int | None = None, tokenizer: VisualTokenizer | None = None):
         self.reader, self.base_dir, self.task = source.reader, source.base_dir, source.task
+        self.confine = source.confine
         self.tokenizer_dir, self.image_size, self.row_offset = tokenizer_dir, image_size, row_offset
         self.device, self.threads = device, threads
         self._tokenizer, self._ready = tokenizer, False
@@ -104,7 +105,8 @@ class RowEncoder:
             try:
                 raw = self.reader.read(row)
                 arrays = {self.codes[name]: image_to_array(load_image_cell(cell, f"row {source_row} {name}",
-                                                                           self.base_dir), self.image_size)
+                                                                           self.base_dir, self.confine),
+                                                           self.image_size)
                           for name, cell in raw.images.items()}
             except RowSkip as skip:
                 self._append(out, source_row, {}, {}, SkippedRow(source_row, skip.kind, skip.reason, skip.file))
@@ -231,7 +233,7 @@ def tokenize_source(source: Source, tokenizer_dir: str | os.PathLike, out: str |
 
 def tokenize(data: str, tokenizer: str | os.PathLike, out: str | os.PathLike, *, task: str = "t2i",
              num: int | None = None, seed: int = 0, columns: dict[str, str] | None = None,
-             **settings: Any) -> TokenizeResult:
+             allow_outside_paths: bool = False, **settings: Any) -> TokenizeResult:
     """Open the source `data` for `task` (see `sources.open_source`) and tokenize it (see `tokenize_source`).
 
     `tokenizer` is a visual tokenizer directory, or a unified checkpoint (its `visual_tokenizer/` is used).
@@ -240,7 +242,8 @@ def tokenize(data: str, tokenizer: str | os.PathLike, out: str | os.PathLike, *,
 
     tokenizer = visual_tokenizer_dir(tokenizer)
     visual_tokenizer = open_tokenizer(tokenizer)
-    source = open_source(data, task, num=num, seed=seed, image_size=visual_tokenizer.image_size, columns=columns)
+    source = open_source(data, task, num=num, seed=seed, image_size=visual_tokenizer.image_size, columns=columns,
+                         allow_outside_paths=allow_outside_paths)
     return tokenize_source(source, tokenizer, out, visual_tokenizer=visual_tokenizer, **settings)
 
 
@@ -282,8 +285,8 @@ def _tokenizer_info(tokenizer: VisualTokenizer, path: Path) -> dict[str, Any]:
 
 def _cache_key(source: Source, tokenizer_info: dict[str, Any], start: int, end: int) -> str:
     """Changes with the rows (source fingerprint, shard range) or the codes' meaning (tokenizer weights, size)."""
-    return stable_hash(FORMAT_VERSION, source.fingerprint, tokenizer_info["fingerprint"], tokenizer_info["image_size"],
-                 start, end)
+    return stable_hash(FORMAT_VERSION, source.fingerprint, source.confine, tokenizer_info["fingerprint"],
+                       tokenizer_info["image_size"], start, end)
 
 
 def _split_skipped(encoded: Dataset) -> tuple[Dataset, list[SkippedRow]]:

@@ -55,6 +55,7 @@ class Source:
     location: str
     fingerprint: str
     base_dir: Path | None = None  # relative image paths are read from here
+    confine: bool = True  # image paths that lead outside base_dir are skipped (the user may opt out)
 
     @property
     def task(self) -> str:
@@ -75,8 +76,18 @@ class Source:
 
 
 def open_source(spec: str, task: str, *, num: int | None = None, seed: int = 0, image_size: int = 64,
-                columns: Mapping[str, str] | None = None) -> Source:
-    """`shapes`, a captions table (file, or an image folder holding one), a datasets directory or parquet file(s)."""
+                columns: Mapping[str, str] | None = None, allow_outside_paths: bool = False) -> Source:
+    """`shapes`, a captions table (file, or an image folder holding one), a datasets directory or parquet file(s).
+
+    Image paths the rows name must stay inside the source's folder unless `allow_outside_paths`."""
+    source = _open_source(spec, task, num, seed, image_size, columns)
+    if allow_outside_paths:
+        source = dataclasses.replace(source, confine=False, fingerprint=stable_hash(source.fingerprint, "outside"))
+    return source
+
+
+def _open_source(spec: str, task: str, num: int | None, seed: int, image_size: int,
+                 columns: Mapping[str, str] | None) -> Source:
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     if spec == SHAPES:

@@ -23,7 +23,8 @@ MISSING_IMAGE = "missing_image"  # no image in the row, or the file does not exi
 BAD_IMAGE = "bad_image"  # unreadable: corrupt, truncated, too small, too large
 EMPTY_TEXT = "empty_text"  # empty or whitespace-only caption / instruction / answer
 BAD_ROW = "bad_row"  # the row itself is malformed (bad JSON line, wrong number of images, no user turn)
-SKIP_KINDS = (MISSING_IMAGE, BAD_IMAGE, EMPTY_TEXT, BAD_ROW)
+OUTSIDE_FOLDER = "outside_folder"  # the row names a file outside the data's folder (../x.jpg, /etc/hostname)
+SKIP_KINDS = (MISSING_IMAGE, BAD_IMAGE, EMPTY_TEXT, BAD_ROW, OUTSIDE_FOLDER)
 
 
 class RowSkip(Exception):
@@ -63,11 +64,12 @@ def require_text(value: Any, field: str) -> str:
     return text
 
 
-def load_image_cell(value: Any, name: str, base_dir: Path | None = None) -> Image.Image:
+def load_image_cell(value: Any, name: str, base_dir: Path | None = None, confine: bool = False) -> Image.Image:
     """An image cell as validated RGB: datasets' `{"bytes", "path"}` dict, a path, raw bytes or a PIL image.
 
-    Relative paths are read relative to `base_dir` (the folder of the captions file or of the dataset). Odd modes
-    (palette, alpha, 16-bit, CMYK) are converted by `load_image`; everything unreadable raises `RowSkip`.
+    Relative paths are read relative to `base_dir` (the folder of the captions file or of the dataset); with
+    `confine`, a path that leads outside it (`../x.jpg`, an absolute path, a symlink out) is skipped, never read. Odd
+    modes (palette, alpha, 16-bit, CMYK) are converted by `load_image`; everything unreadable raises `RowSkip`.
     """
     if isinstance(value, dict):  # datasets.Image(decode=False): bytes win, the path is a fallback
         if value.get("bytes"):
@@ -82,6 +84,10 @@ def load_image_cell(value: Any, name: str, base_dir: Path | None = None) -> Imag
     path = Path(value)
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
+    if confine and base_dir is not None and not path.resolve().is_relative_to(base_dir.resolve()):
+        raise RowSkip(OUTSIDE_FOLDER, f"{name}: {value} is outside {base_dir}; image paths in a data file stay "
+                      "inside its folder (mmgen data tokenize --allow-outside-paths reads them anyway)",
+                      file=str(value))
     if not path.is_file():
         raise RowSkip(MISSING_IMAGE, f"{path}: file not found", file=str(path))
     return _load(path, str(path), file=str(path))

@@ -60,7 +60,8 @@ def test_messy_folder_keeps_good_rows_and_reports_exactly_the_bad_ones(messy_fol
     result = tokenize(str(messy_folder), tiny_visual_tokenizer_dir, tmp_path / "out", cache_dir=tmp_path / "cache")
     info = result.info
     assert info["rows"] == {"read": 11, "written": 4, "skipped": 7}
-    assert info["skipped_by_kind"] == {"missing_image": 1, "bad_image": 4, "empty_text": 1, "bad_row": 1}
+    assert info["skipped_by_kind"] == {"missing_image": 1, "bad_image": 4, "empty_text": 1, "bad_row": 1,
+                                       "outside_folder": 0}
     report = [json.loads(line) for line in (tmp_path / "out" / SKIPPED_NAME).read_text().splitlines()]
     assert {r["row"]: r["kind"] for r in report} == {row: kind for row, (kind, _) in EXPECTED_SKIPS.items()}
     for entry in report:
@@ -172,3 +173,25 @@ def test_cli_tokenize_reports_and_refuses_bad_input(messy_folder, tiny_visual_to
         assert main(args + bad) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, err
+
+
+def test_paths_that_lead_outside_the_folder_are_skipped_unless_allowed(tiny_visual_tokenizer_dir, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for path in (folder / "inside.png", tmp_path / "outside.png"):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path)
+    (folder / "link.png").symlink_to(tmp_path / "outside.png")
+    (tmp_path / "secret.txt").write_text("not for the data set")
+    rows = [("inside.png", "kept"), ("../outside.png", "climbs out"), (str(tmp_path / "outside.png"), "absolute"),
+            ("link.png", "a symlink out"), (str(tmp_path / "secret.txt"), "a private file")]
+    (folder / "captions.jsonl").write_text("".join(json.dumps({"file": f, "caption": c}) + "\n" for f, c in rows))
+    result = tokenize(str(folder), tiny_visual_tokenizer_dir, tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert result.info["rows"] == {"read": 5, "written": 1, "skipped": 4}
+    assert result.info["skipped_by_kind"]["outside_folder"] == 4
+    reasons = [json.loads(line)["reason"] for line in (tmp_path / "out" / SKIPPED_NAME).read_text().splitlines()]
+    assert all("--allow-outside-paths" in reason for reason in reasons)
+    allowed = tokenize(str(folder), tiny_visual_tokenizer_dir, tmp_path / "allowed", cache_dir=tmp_path / "cache",
+                       allow_outside_paths=True)
+    assert allowed.info["rows"]["written"] == 4  # the text file is read, and is no image
+    assert allowed.info["skipped_by_kind"] == {**allowed.info["skipped_by_kind"], "bad_image": 1, "outside_folder": 0}

@@ -58,6 +58,9 @@ def add_parser(verbs) -> None:
                           "mmgen_tokenize)")
     tokenize.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
                           help="read a field from another column, e.g. caption=text (repeatable)")
+    tokenize.add_argument("--allow-outside-paths", action="store_true",
+                          help="read image paths that lead outside the data's folder (../x.jpg, absolute paths); "
+                               "by default such rows are skipped and listed")
     tokenize.add_argument("--num", type=int, help="shapes source only: number of rows to render")
     tokenize.add_argument("--seed", type=int, default=0, help="shapes source only: random seed (default 0)")
     tokenize.set_defaults(handler=_run_data_tokenize)
@@ -125,7 +128,7 @@ def _run_data_tokenize(args) -> int:
     result = tokenize(args.data, args.tokenizer, args.out, task=args.task, num=args.num, seed=args.seed,
                       columns=_parse_columns(args.column), batch_size=args.batch_size, num_shards=args.num_shards,
                       shard_index=args.shard_index, num_proc=args.num_proc, threads=args.threads,
-                      cache_dir=args.cache_dir, device=args.device)
+                      cache_dir=args.cache_dir, device=args.device, allow_outside_paths=args.allow_outside_paths)
     print(summary_line(result.info))
     if result.info["rows"]["skipped"]:
         print(f"skipped rows are listed in {result.path / SKIPPED_NAME}")
