@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mmgen.errors import UserError
-from mmgen.files import atomic_directory
+from mmgen.files import atomic_directory, broken_safetensors
 from mmgen.runtime import pick_attn_implementation, pick_device, pick_dtype
 from mmgen.sequences import PROMPT_FORMATS, PromptBuilder
 from mmgen.tokenizers import VisualTokenizer, load_visual_tokenizer
@@ -172,6 +172,7 @@ def load_causal_lm(path: Path, device: torch.device, dtype: str | None = None, a
     if not (path / "config.json").is_file():
         raise UserError(f"{path} is not a Hugging Face model directory (no config.json)")
     refuse_pickle_only(path)
+    refuse_damaged_weights(path)
     torch_dtype = pick_dtype(dtype, device) or "auto"
     attn = pick_attn_implementation(attn_implementation, attn_device or device,
                                     causal_lm_class(path, trust_remote_code))
@@ -185,6 +186,13 @@ def load_causal_lm(path: Path, device: torch.device, dtype: str | None = None, a
                             "its code") from error
         raise
     return model.to(device)
+
+
+def refuse_damaged_weights(path: Path) -> None:
+    broken = broken_safetensors(path)
+    if broken:
+        raise UserError(f"{path} has damaged weights: {'; '.join(broken)}; copy or re-create the checkpoint (a "
+                        "training run resumes from its newest undamaged checkpoint by itself)")
 
 
 def causal_lm_class(path: Path, trust_remote_code: bool = False) -> type | None:

@@ -20,11 +20,14 @@ def atomic_directory(path: str | os.PathLike, replace_marker: str | None = None)
     An existing `path` is replaced only if it is empty or holds `replace_marker` (a file that proves it is a
     previous output of the same kind), so a typo'd output path never wipes an unrelated directory.
     """
+    from mmgen.errors import OutputExistsError
+
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise FileExistsError(f"cannot write {path}: it exists and is not a directory")
+        raise OutputExistsError(f"cannot write {path}: it exists and is not a directory")
     if replace_marker and path.is_dir() and any(path.iterdir()) and not (path / replace_marker).exists():
-        raise FileExistsError(f"refusing to overwrite {path}: it is a non-empty directory without {replace_marker}")
+        raise OutputExistsError(f"refusing to overwrite {path}: it is a non-empty directory without {replace_marker} "
+                                "(not an earlier output of this command)")
     path.parent.mkdir(parents=True, exist_ok=True)
     # The staging directory sits in the same parent so the final rename stays on one filesystem (atomic).
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
@@ -63,3 +66,31 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             yield number, json.loads(line)
         except json.JSONDecodeError as err:
             raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+
+
+def broken_safetensors(directory: str | os.PathLike) -> list[str]:
+    """The `*.safetensors` files in `directory` whose header does not cover the file (cut short, not safetensors).
+
+    Reads only each header, so checking a checkpoint before resuming from it costs milliseconds."""
+    from safetensors import SafetensorError, safe_open
+
+    broken = []
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            broken.append(f"{file.name} ({error})")
+    return broken
+
+
+def set_aside_damaged(checkpoint: Path, broken: list[str]) -> Path:
+    """Move a checkpoint with damaged weights out of the resume path to `<name>.damaged`, kept for inspection."""
+    import logging
+
+    target = checkpoint.with_name(checkpoint.name + ".damaged")
+    shutil.rmtree(target, ignore_errors=True)
+    checkpoint.rename(target)
+    logging.getLogger(__name__).warning("checkpoint %s has damaged weights (%s): moved to %s; resuming from the one "
+                                        "before it", checkpoint, "; ".join(broken), target)
+    return target

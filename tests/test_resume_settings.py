@@ -96,3 +96,14 @@ def test_a_run_without_checkpoints_takes_any_settings(tmp_path, tokenizer_recipe
     (run / "checkpoints" / "step_000002").mkdir(parents=True)
     with pytest.raises(UserError, match="training.learning_rate: 0.5 -> 0.002"):
         check_resume(load_config(TokenizerRecipe, tokenizer_recipe, []), run)
+
+
+def test_an_image_stage_resumes_past_a_checkpoint_damaged_after_it_was_written(tokenizer_recipe, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(tokenizer_recipe), "training.max_steps=6"]) == 0  # checkpoints at 2 and 4
+    weights = next((run / "checkpoints" / "step_000004").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert main(["train", str(tokenizer_recipe), "training.max_steps=6"]) == 0
+    assert "step_000002 (step 2)" in capsys.readouterr().out
+    assert (run / "checkpoints" / "step_000004.damaged").is_dir()
+    assert logged_steps(run)[-4:] == [3, 4, 5, 6] and len(logged_steps(run)) == 6

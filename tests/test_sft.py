@@ -120,6 +120,21 @@ def test_a_checkpoint_killed_while_writing_its_trainer_state_is_not_resumed_from
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
 
 
+def test_a_checkpoint_whose_weights_were_cut_short_later_is_set_aside(tmp_path):
+    """Damaged after it was complete (disk full, a bad copy): kept for inspection, and the one before it is used."""
+    from safetensors.torch import save_file
+
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
+        save_file({"w": torch.zeros(64, 64)}, tmp_path / f"checkpoint-{step}" / "model.safetensors")
+    weights = tmp_path / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert latest_complete_checkpoint(tmp_path).name == "checkpoint-2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4.damaged"]
+    assert latest_complete_checkpoint(tmp_path).name == "checkpoint-2"  # the damaged one is never tried again
+
+
 def test_gpu_only_options_fail_clearly_on_cpu(unified_dir, sft_data, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CPU-only check")

@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mmgen.cli.options import (add_attn_option, add_checkpoint_options, add_sampling_options, open_generator,
-                               sampling_settings)
+from mmgen.cli.options import (
+    add_attn_option,
+    add_checkpoint_options,
+    add_sampling_options,
+    open_generator,
+    sampling_settings,
+)
 
 
 def add_parser(verbs) -> None:

@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from mmgen.files import atomic_directory
+from mmgen.errors import MissingPathError, UserError
+from mmgen.files import atomic_directory, broken_safetensors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -154,7 +155,10 @@ class VisualTokenizer(nn.Module, ABC):
         weights = path / WEIGHTS_NAME
         if not weights.is_file():
             refuse_pickle_only(path)
-            raise FileNotFoundError(f"no {WEIGHTS_NAME} in tokenizer directory {path}")
+            raise UserError(f"no {WEIGHTS_NAME} in tokenizer directory {path}")
+        broken = broken_safetensors(path)
+        if broken:
+            raise UserError(f"{path} has damaged weights: {'; '.join(broken)}; re-create or re-copy the tokenizer")
         model = cls.from_config(config)
         model._load_weights(weights)
         model._load_attachments(path)
@@ -164,16 +168,16 @@ class VisualTokenizer(nn.Module, ABC):
 def read_tokenizer_config(path: Path) -> dict[str, Any]:
     """The parsed `config.json` of a tokenizer directory, with errors that name the path."""
     if not path.is_dir():
-        raise FileNotFoundError(f"visual tokenizer directory not found: {path}")
+        raise MissingPathError(f"visual tokenizer directory not found: {path}")
     config_file = path / CONFIG_NAME
     if not config_file.is_file():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in visual tokenizer directory {path}")
+        raise MissingPathError(f"no {CONFIG_NAME} in visual tokenizer directory {path}")
     try:
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{config_file} is not valid JSON: {error}") from error
+        raise UserError(f"{config_file} is not valid JSON: {error}") from error
     if not isinstance(config, dict):
-        raise ValueError(f"{config_file} must hold a JSON object, got {type(config).__name__}")
+        raise UserError(f"{config_file} must hold a JSON object, got {type(config).__name__}")
     return config
 
 
@@ -183,10 +187,22 @@ def refuse_pickle_only(path: Path) -> None:
         return
     pickled = sorted(p.name for p in path.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
     if pickled:
-        raise ValueError(
+        raise UserError(
             f"refusing to load pickle checkpoint {', '.join(pickled)} in {path}: only safetensors weights are "
             "accepted (pickle files can execute code); convert the weights to safetensors first"
         )
+
+
+def _not_a_tokenizer(path: Path, config: dict[str, Any]) -> str:
+    """What a directory given as a visual tokenizer is instead, and where its tokenizer would be."""
+    if (path / "mmgen.json").is_file():
+        return (f"{path} is a unified checkpoint, not a visual tokenizer; its visual tokenizer is "
+                f"{path / 'visual_tokenizer'}")
+    if "model_type" in config or "architectures" in config:
+        kind = ", ".join(config.get("architectures") or []) or config.get("model_type")
+        return (f"{path} is a transformers model ({kind}), not a visual tokenizer: give a directory written by "
+                "`mmgen tokenizer train`, a unified checkpoint's visual_tokenizer/, or a diffusers VQModel")
+    return f"{path / CONFIG_NAME} has no 'tokenizer_type' key and is not a diffusers VQModel config"
 
 
 def load_visual_tokenizer(path: str | os.PathLike) -> VisualTokenizer:
@@ -199,11 +215,11 @@ def load_visual_tokenizer(path: str | os.PathLike) -> VisualTokenizer:
     elif config.get("_class_name") == "VQModel":
         tokenizer_type = "diffusers_vq"
     elif "_class_name" in config:
-        raise ValueError(f"{path} holds a diffusers {config['_class_name']!r}; only VQModel is a visual tokenizer")
+        raise UserError(f"{path} holds a diffusers {config['_class_name']!r}; only VQModel is a visual tokenizer")
     else:
-        raise ValueError(f"{path / CONFIG_NAME} has no 'tokenizer_type' key and is not a diffusers VQModel config")
+        raise UserError(_not_a_tokenizer(path, config))
     if tokenizer_type not in _TOKENIZER_TYPES:
-        raise ValueError(
+        raise UserError(
             f"unknown tokenizer_type {tokenizer_type!r} in {path / CONFIG_NAME}; "
             f"known types: {', '.join(registered_tokenizer_types())}"
         )

@@ -12,25 +12,32 @@ import torch
 
 from mmgen.checkpoint import ADAPTER_DIR, UnifiedModel, load_causal_lm, save_unified
 from mmgen.errors import UserError
+from mmgen.files import broken_safetensors, set_aside_damaged
 
 logger = logging.getLogger(__name__)
 
 
 def latest_complete_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest `checkpoint-N` whose trainer_state.json exists and parses (the Trainer writes it last).
+    """The newest `checkpoint-N` whose trainer_state.json exists and parses (the Trainer writes it last) and whose
+    weights are whole.
 
     A checkpoint without it, or with a file cut short (killed while the Trainer wrote it), is incomplete: it is
-    removed so nothing ever resumes from it.
+    removed so nothing ever resumes from it. One with damaged weights (a file cut short later: disk full, a bad
+    copy) is moved aside to `<name>.damaged` and the run resumes from the one before it.
     """
     if not checkpoints.is_dir():
         return None
     found = sorted((p for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
                    key=lambda p: int(p.name.split("-")[-1]))
     for candidate in reversed(found):
-        if _readable_json(candidate / "trainer_state.json"):
+        if not _readable_json(candidate / "trainer_state.json"):
+            logger.warning("removing incomplete checkpoint %s (killed while saving)", candidate)
+            shutil.rmtree(candidate, ignore_errors=True)
+            continue
+        broken = broken_safetensors(candidate)
+        if not broken:
             return candidate
-        logger.warning("removing incomplete checkpoint %s (killed while saving)", candidate)
-        shutil.rmtree(candidate, ignore_errors=True)
+        set_aside_damaged(candidate, broken)
     return None
 
 

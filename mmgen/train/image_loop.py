@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from mmgen.data_engine.image_sources import ImageTensorDataset, collate_images, open_image_source, to_pixels
 from mmgen.errors import UserError
-from mmgen.files import write_json_atomic
+from mmgen.files import broken_safetensors, set_aside_damaged, write_json_atomic
 from mmgen.runtime import PRECISIONS, resolve_precision
 from mmgen.train.settings import announce_precision
 from mmgen.train.train_log import TRAIN_LOG, drop_lines_after
@@ -141,8 +141,14 @@ def warmup_cosine(warmup: int, total: int):
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    checkpoints = sorted((output_dir / "checkpoints").glob("step_*[0-9]"))
-    return checkpoints[-1] if checkpoints else None
+    """The newest `step_N` (written under a staging name, then renamed: never half-written) with whole weights; one
+    damaged later is moved aside and the one before it is used."""
+    for checkpoint in reversed(sorted((output_dir / "checkpoints").glob("step_*[0-9]"))):
+        broken = broken_safetensors(checkpoint)
+        if not broken:
+            return checkpoint
+        set_aside_damaged(checkpoint, broken)
+    return None
 
 
 def run_image_loop(accelerator: Accelerator, cfg: ImageTrainingConfig, output_dir: Path,

@@ -89,7 +89,11 @@ def train_sft(recipe: SFTRecipe, callbacks: list[TrainerCallback] | None = None)
     check_requirements(recipe)
     announce_precision(recipe.training.precision(), output_dir, "sft")
     unified = load_unified(recipe.model, with_model=False)  # the LM is loaded for training below
-    dataset = load_from_disk(recipe.data)
+    try:
+        dataset = load_from_disk(recipe.data)
+    except FileNotFoundError:
+        raise UserError(f"data {recipe.data} is not a data set written by `mmgen data build` (no dataset_dict.json "
+                        "or dataset_info.json); build one and point `data` at its output_dir") from None
     check_dataset(dataset, recipe.data, unified.meta)
     warning = repetition_warning(len(dataset["train"]), recipe.training.max_steps, recipe.training.batch_size)
     if warning:
