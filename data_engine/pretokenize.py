@@ -109,7 +109,8 @@ class RowEncoder:
                                                            self.image_size)
                           for name, cell in raw.images.items()}
             except RowSkip as skip:
-                self._append(out, source_row, {}, {}, SkippedRow(source_row, skip.kind, skip.reason, skip.file))
+                self._append(out, source_row, {}, {}, SkippedRow(source_row, skip.kind, skip.reason, skip.file,
+                                                                 self.reader.line_of(row)))
                 continue
             for column, array in arrays.items():
                 pixels.append(array)

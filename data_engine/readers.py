@@ -53,6 +53,7 @@ ASSISTANT_ROLES = frozenset({"assistant", "gpt", "model"})
 TABLE_ROW_COLUMN = "row"  # a table source stores each row as one JSON string: rows may differ in keys and types
 TABLE_METADATA_COLUMN = "metadata"  # a table row's other keys, as JSON
 TABLE_ERROR_KEY = "__mmgen_error__"  # marks a table line that could not be parsed; the reader turns it into a skip
+TABLE_LINE_KEY = "__mmgen_line__"  # the 1-based line of the table file a row came from (JSONL, CSV)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class RowReader(Protocol):
     def read(self, row: Mapping[str, Any]) -> RawRow: ...
 
     def image_cells(self, row: Mapping[str, Any]) -> list[Any]: ...
+
+    def line_of(self, row: Mapping[str, Any]) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -95,10 +98,18 @@ class ColumnReader:
             value = self.value(row, name)
             blank = value is None or (isinstance(value, str) and not value.strip())
             texts[name] = "" if blank and name in OPTIONAL_TEXT_FIELDS else require_text(value, name)
-        return RawRow(texts, {name: self.value(row, name) for name in IMAGE_FIELDS[self.task]})
+        images = {name: self.value(row, name) for name in IMAGE_FIELDS[self.task]}
+        for name, cell in images.items():
+            if cell is None or (isinstance(cell, str) and not cell.strip()):
+                keys = " or ".join(f"'{column}'" for column in self.mapping[name])
+                raise RowSkip(MISSING_IMAGE, f"no {name}: the row has no {keys} key, or it is empty")
+        return RawRow(texts, images)
 
     def image_cells(self, row: Mapping[str, Any]) -> list[Any]:
         return [self.value(row, name) for name in IMAGE_FIELDS[self.task]]
+
+    def line_of(self, row: Mapping[str, Any]) -> int | None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -175,6 +186,9 @@ class ConversationReader:
             return []
         return list(images) if isinstance(images, (list, tuple)) else [images]
 
+    def line_of(self, row: Mapping[str, Any]) -> int | None:
+        return None
+
 
 @dataclass(frozen=True)
 class TableRowReader:
@@ -191,7 +205,8 @@ class TableRowReader:
     def read(self, row: Mapping[str, Any]) -> RawRow:
         record = self._record(row)
         raw = self.inner.read(record)
-        extras = {key: value for key, value in record.items() if key not in self.inner.columns}
+        extras = {key: value for key, value in record.items()
+                  if key not in self.inner.columns and key != TABLE_LINE_KEY}
         return RawRow(raw.texts, raw.images, {TABLE_METADATA_COLUMN: json.dumps(extras)})
 
     def image_cells(self, row: Mapping[str, Any]) -> list[Any]:
@@ -199,6 +214,9 @@ class TableRowReader:
             return self.inner.image_cells(self._record(row))
         except RowSkip:
             return []
+
+    def line_of(self, row: Mapping[str, Any]) -> int | None:
+        return json.loads(row[TABLE_ROW_COLUMN]).get(TABLE_LINE_KEY)
 
     @staticmethod
     def _record(row: Mapping[str, Any]) -> dict[str, Any]:

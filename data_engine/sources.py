@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from mmgen.errors import UserError
 from .image_sources import is_saved_dataset, open_dataset
 from .readers import (
     TABLE_ERROR_KEY,
+    TABLE_LINE_KEY,
     TABLE_ROW_COLUMN,
     TASKS,
     RawRow,
@@ -115,38 +117,78 @@ def _open_source(spec: str, task: str, num: int | None, seed: int, image_size: i
 
 
 def read_table(path: Path) -> list[dict[str, Any]]:
-    """Rows of a .jsonl, .json (a list of objects) or .csv file; a malformed JSONL line becomes an error row."""
+    """Rows of a .jsonl, .json (a list of objects) or .csv file, each with its 1-based line number (JSONL, CSV).
+
+    A UTF-8 byte-order mark (Excel's "CSV UTF-8", Notepad) is dropped. A malformed JSONL line, or a JSONL / CSV
+    line that is not UTF-8, becomes an error row: that row is skipped and reported, the others are read.
+    """
     suffix = path.suffix.lower()
     try:
-        if suffix == ".csv":
-            with path.open(newline="", encoding="utf-8") as handle:
-                return [dict(row) for row in csv.DictReader(handle)]
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        # surrogateescape keeps undecodable bytes as markers, so one Latin-1 byte costs its line, not the table.
+        text = path.read_bytes().decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    except OSError as err:
         raise UserError(f"{path}: cannot read the table ({err})") from None
+    if suffix == ".csv":
+        return _read_csv(path, text)
     if suffix == ".json":
+        if _undecodable(text):
+            raise UserError(f"{path}: not UTF-8 text ({_undecodable(text)}); save it as UTF-8")
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as err:
             raise UserError(f"{path}: not valid JSON ({err}); a .json table is one list of objects") from None
         if not isinstance(rows, list):
             raise UserError(f"{path}: a .json table must be a list of objects, got a {type(rows).__name__}")
-        return [row if isinstance(row, dict) else _error_row(f"row {i}: not an object") for i, row in enumerate(rows)]
+        return [row if isinstance(row, dict) else _error_row(f"{path.name} item {i + 1} of the list: not an object")
+                for i, row in enumerate(rows)]
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        if _undecodable(line):
+            rows.append(_error_row(f"{path.name} line {number}: not UTF-8 text ({_undecodable(line)}); save the "
+                                   "file as UTF-8", number))
+            continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            rows.append(_error_row(f"{path.name} line {number}: invalid JSON ({err.msg})"))
+            rows.append(_error_row(f"{path.name} line {number}: invalid JSON ({err.msg})", number))
             continue
-        rows.append(row if isinstance(row, dict) else _error_row(f"{path.name} line {number}: not a JSON object"))
+        rows.append({**row, TABLE_LINE_KEY: number} if isinstance(row, dict)
+                    else _error_row(f"{path.name} line {number}: not a JSON object", number))
     return rows
 
 
-def _error_row(message: str) -> dict[str, str]:
-    return {TABLE_ERROR_KEY: message}
+def _read_csv(path: Path, text: str) -> list[dict[str, Any]]:
+    rows = []
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if reader.fieldnames and any(_undecodable(name) for name in reader.fieldnames if name):
+            raise UserError(f"{path}: the header line is not UTF-8 text; save the file as UTF-8")
+        start = 2  # line 1 is the header
+        for row in reader:
+            cells = " ".join(str(value) for value in row.values())
+            if _undecodable(cells):
+                rows.append(_error_row(f"{path.name} line {start}: not UTF-8 text ({_undecodable(cells)}); save "
+                                       "the file as UTF-8", start))
+            else:
+                rows.append({**row, TABLE_LINE_KEY: start})
+            start = reader.line_num + 1  # a quoted cell may span lines
+    except csv.Error as err:
+        raise UserError(f"{path}: not a valid CSV file near line {reader.line_num} ({err})") from None
+    return rows
+
+
+def _undecodable(text: str) -> str:
+    """'' for clean text, else where the first byte that is not UTF-8 sits (as decoded with surrogateescape)."""
+    for column, char in enumerate(text, start=1):
+        if "\udc80" <= char <= "\udcff":
+            return f"byte 0x{ord(char) - 0xDC00:02X} at column {column}"
+    return ""
+
+
+def _error_row(message: str, line: int | None = None) -> dict[str, Any]:
+    return {TABLE_ERROR_KEY: message, **({TABLE_LINE_KEY: line} if line is not None else {})}
 
 
 def open_table_source(path: Path, task: str, columns: Mapping[str, str] | None = None) -> Source:
@@ -154,7 +196,8 @@ def open_table_source(path: Path, task: str, columns: Mapping[str, str] | None =
     if not rows:
         raise UserError(f"{path}: the table has no rows")
     # A CSV line with surplus fields files them under the key None: not a column name.
-    keys = list(dict.fromkeys(key for row in rows for key in row if isinstance(key, str) and key != TABLE_ERROR_KEY))
+    keys = list(dict.fromkeys(key for row in rows for key in row
+                              if isinstance(key, str) and key not in (TABLE_ERROR_KEY, TABLE_LINE_KEY)))
     reader = TableRowReader(resolve_reader(task, keys, columns, str(path)))
     dataset = Dataset.from_dict({TABLE_ROW_COLUMN: [json.dumps(row) for row in rows]},
                                 features=Features({TABLE_ROW_COLUMN: Value("string")}))

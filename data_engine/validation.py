@@ -39,10 +39,11 @@ class RowSkip(Exception):
 class SkippedRow:
     """One line of `skipped.jsonl`."""
 
-    row: int  # index of the row in the source (before sharding)
+    row: int  # 0-based index of the row in the source (before sharding): its `source_row`
     kind: str
     reason: str
     file: str | None = None
+    line: int | None = None  # 1-based line of the captions file (JSONL, CSV) the row came from
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -195,3 +195,33 @@ def test_paths_that_lead_outside_the_folder_are_skipped_unless_allowed(tiny_visu
                        allow_outside_paths=True)
     assert allowed.info["rows"]["written"] == 4  # the text file is read, and is no image
     assert allowed.info["skipped_by_kind"] == {**allowed.info["skipped_by_kind"], "bad_image": 1, "outside_folder": 0}
+
+
+def write_image(path, seed=0):
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path)
+
+
+def test_text_tables_accept_a_bom_and_report_lines_from_one(tiny_visual_tokenizer_dir, tmp_path):
+    """Excel's "CSV UTF-8" and Notepad start with a byte-order mark; one Latin-1 byte costs its line only."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        write_image(folder / f"{i}.png", i)
+    jsonl = ['{"file_name": "0.png", "caption": "first"}', '{"caption": "no file key"}',
+             '{"file_name": "1.png", "caption": "caf\xe9"}', '{"file_name": "2.png", "caption": "last"}']
+    (folder / "captions.jsonl").write_bytes(b"\xef\xbb\xbf" + "\n".join(jsonl).encode("latin-1") + b"\n")
+    result = tokenize(str(folder), tiny_visual_tokenizer_dir, tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert result.info["rows"] == {"read": 4, "written": 2, "skipped": 2}  # line 1 is read despite the BOM
+    skipped = {entry["line"]: entry for entry in map(json.loads, skipped_lines(tmp_path / "out"))}
+    assert skipped[2]["row"] == 1 and "no 'file_name' key" in skipped[2]["reason"]
+    assert skipped[3]["row"] == 2 and "captions.jsonl line 3: not UTF-8 text (byte 0xE9 at column 39)" in \
+        skipped[3]["reason"]
+    assert datasets.load_from_disk(str(tmp_path / "out"))["caption"] == ["first", "last"]
+
+    (folder / "captions.jsonl").unlink()
+    csv_text = 'file_name,caption\r\n0.png,"a caption\r\non two lines"\r\n1.png,ol\xe9\r\n2.png,fine\r\n'
+    (folder / "captions.csv").write_bytes(b"\xef\xbb\xbf" + csv_text.encode("latin-1"))
+    result = tokenize(str(folder), tiny_visual_tokenizer_dir, tmp_path / "csv", cache_dir=tmp_path / "cache")
+    assert result.info["rows"] == {"read": 3, "written": 2, "skipped": 1}  # the header's BOM is no column name
+    (entry,) = map(json.loads, skipped_lines(tmp_path / "csv"))
+    assert entry["row"] == 1 and entry["line"] == 4 and "captions.csv line 4: not UTF-8" in entry["reason"]
