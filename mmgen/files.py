@@ -20,14 +20,8 @@ def atomic_directory(path: str | os.PathLike, replace_marker: str | None = None)
     An existing `path` is replaced only if it is empty or holds `replace_marker` (a file that proves it is a
     previous output of the same kind), so a typo'd output path never wipes an unrelated directory.
     """
-    from mmgen.errors import OutputExistsError
-
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputExistsError(f"cannot write {path}: it exists and is not a directory")
-    if replace_marker and path.is_dir() and any(path.iterdir()) and not (path / replace_marker).exists():
-        raise OutputExistsError(f"refusing to overwrite {path}: it is a non-empty directory without {replace_marker} "
-                                "(not an earlier output of this command)")
+    check_replaceable(path, replace_marker)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The staging directory sits in the same parent so the final rename stays on one filesystem (atomic).
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
@@ -44,6 +38,19 @@ def atomic_directory(path: str | os.PathLike, replace_marker: str | None = None)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_replaceable(path: str | os.PathLike, replace_marker: str | None = None) -> None:
+    """Raise OutputExistsError unless `atomic_directory(path, replace_marker)` may take `path`'s place; callers
+    check before long work so a taken output path costs nothing."""
+    from mmgen.errors import OutputExistsError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"cannot write {path}: it exists and is not a directory")
+    if replace_marker and path.is_dir() and any(path.iterdir()) and not (path / replace_marker).exists():
+        raise OutputExistsError(f"refusing to overwrite {path}: it is a non-empty directory without {replace_marker} "
+                                "(not an earlier output of this command)")
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> None:

@@ -90,3 +90,23 @@ def test_a_model_folder_given_as_the_visual_tokenizer_says_what_it_is(given, tin
     line = last_error_line(capsys)
     expected = "is a transformers model" if given == "llm" else "its visual tokenizer is"
     assert line.startswith(f"mmgen init: error: {folder} ") and expected in line, line
+
+
+def test_generate_into_its_earlier_folder_replaces_it_whole_and_refuses_any_other(unified_dir, tmp_path, capsys):
+    out = tmp_path / "images"
+    common = ["generate", "--model", str(unified_dir), "--dtype", "fp32", "--out", str(out)]
+    assert main([*common, "--prompt", "a red circle", "--prompt", "a blue square", "--num-images", "2"]) == 0
+    assert len(list((out / "images").iterdir())) == 4
+    assert main([*common, "--prompt", "a green star", "--num-images", "1"]) == 0
+    import json
+
+    listed = [row["file"] for row in json.loads((out / "settings.json").read_text())["images"]]
+    assert sorted(f"images/{p.name}" for p in (out / "images").iterdir()) == listed == ["images/0000_00.png"]
+    capsys.readouterr()
+    taken = tmp_path / "holiday-photos"
+    taken.mkdir()
+    (taken / "beach.jpg").write_bytes(b"mine")
+    assert main(["generate", "--model", str(unified_dir), "--prompt", "x", "--out", str(taken)]) == 2
+    line = last_error_line(capsys)
+    assert line.startswith(f"mmgen generate: error: refusing to overwrite {taken}") and "sampling" not in line
+    assert [p.name for p in taken.iterdir()] == ["beach.jpg"]

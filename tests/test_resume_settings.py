@@ -6,7 +6,7 @@ import pytest
 
 from mmgen.cli import main
 from mmgen.errors import UserError
-from mmgen.train.run_record import RECIPE_RECORD, check_resume
+from mmgen.train.run_record import RECIPE_RECORD, check_resume, record_recipe
 from mmgen.train.tokenizer import TokenizerRecipe
 
 TOKENIZER_RECIPE = """\
@@ -89,9 +89,13 @@ def test_a_run_without_checkpoints_takes_any_settings(tmp_path, tokenizer_recipe
     from mmgen.config import load_config
 
     run = tmp_path / "run"
-    check_resume(load_config(TokenizerRecipe, tokenizer_recipe, []), run)
+    first = load_config(TokenizerRecipe, tokenizer_recipe, [])
+    check_resume(first, run)
+    assert not run.exists()  # checking writes nothing: a run refused later leaves no trace
+    record_recipe(first, run)
     changed = load_config(TokenizerRecipe, tokenizer_recipe, ["training.learning_rate=0.5"])
     check_resume(changed, run)  # killed before its first checkpoint: nothing to keep
+    record_recipe(changed, run)
     assert json.loads((run / RECIPE_RECORD).read_text())["training.learning_rate"] == 0.5
     (run / "checkpoints" / "step_000002").mkdir(parents=True)
     with pytest.raises(UserError, match="training.learning_rate: 0.5 -> 0.002"):

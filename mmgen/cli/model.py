@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from mmgen.cli.options import (
@@ -12,6 +13,9 @@ from mmgen.cli.options import (
     open_generator,
     sampling_settings,
 )
+from mmgen.files import atomic_directory, check_replaceable
+
+OUTPUT_MARKER = "settings.json"  # what generate / edit write last: proves a folder is their earlier output
 
 
 def add_parser(verbs) -> None:
@@ -104,6 +108,7 @@ def _run_generate(args) -> int:
     if not prompts:
         raise UserError("give at least one --prompt or a --prompts file")
     settings = sampling_settings(args, "num_images", "seed", "image_size") | {"negative_prompt": args.negative_prompt}
+    check_replaceable(args.out, OUTPUT_MARKER)  # before sampling: a taken --out costs nothing
     generator, config = open_generator(args, settings)
     images = generator.generate(prompts, config, progress=True)
     _write_outputs(args.out, prompts, images, config, args.model, verb="generate",
@@ -115,6 +120,7 @@ def _run_edit(args) -> int:
     from mmgen.images import load_image
 
     source = load_image(args.image)  # a bad file fails here, before the model loads
+    check_replaceable(args.out, OUTPUT_MARKER)
     generator, config = open_generator(args, sampling_settings(args, "num_images", "seed", "image_size"))
     images = generator.edit([source], [args.instruction], config, progress=True)
     _write_outputs(args.out, [args.instruction], images, config, args.model, verb="edit", source=args.image,
@@ -155,20 +161,22 @@ def _read_prompts(path: str) -> list[str]:
 def _write_outputs(out: str, prompts: list[str], images, config, model: str, verb: str, **extra) -> None:
     from pathlib import Path
 
-    from mmgen.files import write_json_atomic
     from mmgen.images import make_grid
 
     out_dir = Path(out)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    files = []
-    for p, per_prompt in enumerate(images):
-        for i, image in enumerate(per_prompt):
-            name = f"images/{p:04d}_{i:02d}.png"
-            image.save(out_dir / name)
-            files.append({"prompt": prompts[p], "image": i, "seed": config.seed + p * config.num_images + i,
-                          "file": name})
-    make_grid([image for per_prompt in images for image in per_prompt], columns=config.num_images).save(
-        out_dir / "grid.png")
-    write_json_atomic(out_dir / "settings.json", {"verb": verb, "model": str(model), **extra,
-                                                  "sampling": config.to_dict(), "images": files})
+    # A folder of an earlier run (it has settings.json) is replaced whole, so no image of that run stays beside a
+    # settings.json that does not list it; any other non-empty folder is refused.
+    with atomic_directory(out_dir, replace_marker=OUTPUT_MARKER) as staging:
+        (staging / "images").mkdir()
+        files = []
+        for p, per_prompt in enumerate(images):
+            for i, image in enumerate(per_prompt):
+                name = f"images/{p:04d}_{i:02d}.png"
+                image.save(staging / name)
+                files.append({"prompt": prompts[p], "image": i, "seed": config.seed + p * config.num_images + i,
+                              "file": name})
+        make_grid([image for per_prompt in images for image in per_prompt], columns=config.num_images).save(
+            staging / "grid.png")
+        (staging / OUTPUT_MARKER).write_text(json.dumps({"verb": verb, "model": str(model), **extra,
+                                                           "sampling": config.to_dict(), "images": files}, indent=2))
     print(f"wrote {len(files)} images, grid.png and settings.json to {out_dir}")

@@ -36,6 +36,7 @@ from mmgen.train.image_loop import (
     make_optimizer,
     run_image_loop,
 )
+from mmgen.train.run_record import record_recipe
 from mmgen.train.tokenizer import write_pairs
 
 STATS_ROWS = 512  # training rows whose latents set the decoder's normalisation (the same on every resume)
@@ -270,6 +271,7 @@ def _fit(recipe, accelerator, decoder, train_set, eval_set, condition, write_sam
         return {"loss": loss.item()}
 
     model.train()
+    record_recipe(recipe, recipe.output_dir)
     run_image_loop(accelerator, cfg, Path(recipe.output_dir), train_set, eval_set, train_step, write_samples,
                    lambda: scheduler.get_last_lr()[0], desc=f"decoder ({recipe.conditioning})", progress=progress,
                    **data_hooks)

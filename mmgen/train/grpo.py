@@ -40,6 +40,7 @@ from mmgen.sampling import CodeHead, ImageGenerator, SamplingConfig, guide, left
 from mmgen.train.checkpoints import latest_complete_checkpoint, write_final_checkpoint
 from mmgen.train.grpo_data import PromptSettings, build_prompt_dataset
 from mmgen.train.lora import LoraSettings, add_lora, without_row_tables
+from mmgen.train.run_record import record_recipe
 from mmgen.train.settings import TrainerSettings, announce_precision, check_recipe_head
 from mmgen.train.train_log import TrainLogCallback
 
@@ -196,6 +197,7 @@ def train_grpo(recipe: GRPORecipe, callbacks: list[TrainerCallback] | None = Non
     model = load_policy(recipe, unified)
     dataset = build_prompt_dataset(recipe.prompts, unified)
     trainer = build_trainer(recipe, model, unified, dataset, callbacks or [])
+    record_recipe(recipe, output_dir)
     resume = latest_complete_checkpoint(output_dir / "checkpoints")
     if resume:
         logger.warning("resuming from %s", resume)

@@ -47,10 +47,10 @@ def flat_recipe(recipe: Any) -> dict[str, Any]:
 
 
 def check_resume(recipe: Any, output_dir: str | Path, *, restart: bool = False, accept_changes: bool = False) -> None:
-    """Before a stage starts: refuse to resume `output_dir`'s checkpoints under different settings, then record
-    `recipe` as the run's own.
+    """Before a stage starts: refuse to resume `output_dir`'s checkpoints under different settings.
 
-    `restart` removes the earlier run's outputs first; `accept_changes` resumes under the new settings anyway."""
+    `restart` removes the earlier run's outputs first; `accept_changes` resumes under the new settings anyway (the
+    stage then records them with `record_recipe`)."""
     output_dir = Path(output_dir)
     record = output_dir / RECIPE_RECORD
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun every process runs this; one writes
@@ -71,9 +71,12 @@ def check_resume(recipe: Any, output_dir: str | Path, *, restart: bool = False, 
                             "another output_dir")
         for key, (old, new) in changed.items():
             logger.warning("resuming with %s changed: %r -> %r", key, old, new)
-    if main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(record, current)
+
+
+def record_recipe(recipe: Any, output_dir: str | Path) -> None:
+    """Called by each stage once its inputs are checked, before its first step: these are the run's settings."""
+    if os.environ.get("RANK", "0") == "0":
+        write_json_atomic(Path(output_dir) / RECIPE_RECORD, flat_recipe(recipe))
 
 
 def _may_change_on_resume(key: str) -> bool:

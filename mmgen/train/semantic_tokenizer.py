@@ -28,6 +28,7 @@ from mmgen.train.image_loop import (
     make_optimizer,
     run_image_loop,
 )
+from mmgen.train.run_record import record_recipe
 from mmgen.train.tokenizer import write_pairs
 
 
@@ -114,6 +115,7 @@ def train_semantic_tokenizer(recipe: SemanticTokenizerRecipe, progress: bool = T
         write_pairs(pixels, tokenizer.decode(tokenizer.encode(pixels)), output_dir / "samples" / f"step_{step:06d}.png")
 
     model.train()
+    record_recipe(recipe, recipe.output_dir)
     run_image_loop(accelerator, cfg, output_dir, train_set, eval_set, train_step, write_samples,
                    lambda: scheduler.get_last_lr()[0], desc="semantic tokenizer", progress=progress)
     final_dir = output_dir / "tokenizer"

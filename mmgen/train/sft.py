@@ -26,6 +26,7 @@ from mmgen.errors import UserError
 from mmgen.runtime import pick_attn_implementation
 from mmgen.train.checkpoints import latest_complete_checkpoint, write_final_checkpoint
 from mmgen.train.lora import LoraSettings, add_lora, without_row_tables
+from mmgen.train.run_record import record_recipe
 from mmgen.train.settings import TrainerSettings, announce_precision, check_recipe_head
 from mmgen.train.train_log import TrainLogCallback
 
@@ -101,6 +102,7 @@ def train_sft(recipe: SFTRecipe, callbacks: list[TrainerCallback] | None = None)
     set_seed(recipe.training.seed)  # LoRA's random init happens before the Trainer seeds anything
     model = load_model_for_training(recipe, unified)
     trainer = build_trainer(recipe, model, unified, dataset, callbacks or [])
+    record_recipe(recipe, output_dir)
     resume = latest_complete_checkpoint(output_dir / "checkpoints")
     if resume:
         logger.warning("resuming from %s", resume)

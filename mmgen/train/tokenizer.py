@@ -32,6 +32,7 @@ from mmgen.train.image_loop import (
     make_optimizer,
     run_image_loop,
 )
+from mmgen.train.run_record import record_recipe
 
 # The tokenizer recipe's `data:` and `training:` sections are the shared image-stage ones.
 TokenizerDataConfig = ImageDataConfig
@@ -94,6 +95,7 @@ def train_tokenizer(recipe: TokenizerRecipe, progress: bool = True) -> Path:
         _write_reconstructions(accelerator.unwrap_model(model), pixels, output_dir / "samples", step)
 
     model.train()
+    record_recipe(recipe, recipe.output_dir)
     run_image_loop(accelerator, cfg, output_dir, train_set, eval_set, train_step, write_samples,
                    lambda: scheduler.get_last_lr()[0], desc="tokenizer", progress=progress)
     final_dir = output_dir / "tokenizer"
