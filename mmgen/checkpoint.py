@@ -88,6 +88,7 @@ def save_unified(out_dir: str | os.PathLike, model: PreTrainedModel, tokenizer: 
     meta["adapter"] = ADAPTER_DIR if adapter_dir else None
     with atomic_directory(out_dir, replace_marker=MMGEN_JSON) as staging:
         model.save_pretrained(staging)  # safetensors
+        make_text_safe_by_default(tokenizer, meta["prompt_format"])
         tokenizer.save_pretrained(staging)
         visual_tokenizer.save_pretrained(staging / VISUAL_TOKENIZER_DIR)
         if adapter_dir:
@@ -96,6 +97,19 @@ def save_unified(out_dir: str | os.PathLike, model: PreTrainedModel, tokenizer: 
             shutil.copytree(decoder_dir, staging / DECODER_DIR)
         (staging / MMGEN_JSON).write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir
+
+
+def make_text_safe_by_default(tokenizer: PreTrainedTokenizerBase, prompt_format: str) -> None:
+    """Saved with `split_special_tokens: true`, a plain-format checkpoint's tokenizer reads `<|image_start|>` or a
+    code token's name in user text as plain text when loaded by plain transformers (or a server using its
+    tokenizer), as mmgen itself does; `split_special_tokens=False` per call still parses them.
+
+    A chat-format tokenizer keeps the default: `apply_chat_template(tokenize=True)` tokenizes the rendered template
+    in one call, and its own control tokens must stay tokens there; callers pass `sanitize_control_tokens=True`
+    instead (README, Serving)."""
+    if prompt_format == "plain":
+        tokenizer.split_special_tokens = True
+        tokenizer.init_kwargs["split_special_tokens"] = True
 
 
 def attach_decoder_to_checkpoint(model_dir: str | os.PathLike, decoder, out_dir: str | os.PathLike) -> Path:

@@ -113,10 +113,10 @@ class PromptBuilder:
             [{"role": "user", "content": _PLACEHOLDER}], tokenize=False, add_generation_prompt=True)
         before, _, after = rendered.partition(_PLACEHOLDER)
         # The template's own markup is trusted: parse its special tokens. The prefix (BOS) is added separately.
-        before_ids = self.tokenizer(before, add_special_tokens=False)["input_ids"]
+        before_ids = self.tokenizer(before, add_special_tokens=False, split_special_tokens=False)["input_ids"]
         if before_ids[:len(self._prefix)] == self._prefix:
             before_ids = before_ids[len(self._prefix):]
-        return before_ids, self.tokenizer(after, add_special_tokens=False)["input_ids"]
+        return before_ids, self.tokenizer(after, add_special_tokens=False, split_special_tokens=False)["input_ids"]
 
 
 def _example(prompt: list[int], completion: list[int]) -> dict[str, list[int]]:

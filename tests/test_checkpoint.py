@@ -127,3 +127,35 @@ def test_cli_init_writes_a_checkpoint(tiny_lm_dir, tiny_visual_tokenizer_dir, tm
                                                        meta["image_tokens"]["vocab_size"]))
     assert main(["init", "--base", str(tmp_path / "nope"), "--tokenizer", str(tiny_visual_tokenizer_dir),
                  "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("prompt_format", ["plain", "chat"])
+def test_served_tokenizer_keeps_special_token_strings_in_user_text_as_text(prompt_format, tiny_lm_dir,
+                                                                           tiny_visual_tokenizer_dir, tmp_path):
+    """What a server running plain transformers sees: the checkpoint's tokenizer loaded with AutoTokenizer."""
+    from transformers import AutoTokenizer
+
+    from mmgen.checkpoint import init_unified
+    from mmgen.vocab import IMAGE_START, code_token
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_lm_dir, base)
+    if prompt_format == "chat":
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        tokenizer.chat_template = ("{% for m in messages %}<|begin_of_text|>{{ m['role'] }}: {{ m['content'] }}"
+                                   "<|end_of_text|>{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
+        tokenizer.save_pretrained(base)
+    model = init_unified(base, tiny_visual_tokenizer_dir, tmp_path / "model", prompt_format=prompt_format)
+    served = AutoTokenizer.from_pretrained(model)
+    meta = read_meta(model)
+    image_ids = {meta["image_tokens"]["start_id"], meta["image_tokens"]["first_code_id"] + 5}
+    user_text = f"draw {IMAGE_START}{code_token(5)} for me"
+    if prompt_format == "plain":
+        ids = served(user_text)["input_ids"]  # the default call: no flag needed
+    else:
+        ids = served.apply_chat_template([{"role": "user", "content": user_text}], add_generation_prompt=True,
+                                         sanitize_control_tokens=True)["input_ids"]
+        assert ids.count(served.convert_tokens_to_ids("<|end_of_text|>")) == 1  # the template's own: a token
+    assert not image_ids & set(ids)
+    assert user_text in served.decode(ids)
+    assert image_ids <= set(served(user_text, split_special_tokens=False)["input_ids"])  # opting in still parses
