@@ -323,3 +323,20 @@ def test_editing_grpo_conditions_on_source_codes_and_scores_edits(unified_dir, t
     assert seen and all(m["source_image"].size == (16, 16) and "target_scene" in m for m in seen[0])
     entry = next(e for e in trainer.state.log_history if "rewards/edit_consistency/mean" in e)
     assert 0 <= entry["rewards/edit_consistency/mean"] <= 1
+
+
+def test_a_reward_with_the_wrong_signature_fails_the_dry_run(unified_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_rewards.py").write_text("def two_args(images, metadata):\n    return [0.0] * len(images)\n")
+    recipe = tmp_path / "grpo.yaml"
+    _recipe(unified_dir, tmp_path)  # writes grpo.yaml
+    assert main(["train", str(recipe), "rewards=[{name: 'my_rewards.py:two_args'}]", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "reward 'my_rewards.py:two_args' is defined as two_args(images, metadata)" in err
+    assert "fn(prompts, images, metadata, **options)" in err
+
+
+def test_the_benchmark_guard_turns_off_with_benchmark_null(unified_dir, tmp_path):
+    assert _recipe(unified_dir, tmp_path, "benchmark=null").benchmark is None
+    with pytest.raises(ConfigError, match=r"benchmark.every must be >= 1, got 0 \(benchmark=null turns"):
+        _recipe(unified_dir, tmp_path, "benchmark.every=0")

@@ -250,3 +250,9 @@ def test_a_run_that_repeats_its_few_rows_many_times_is_warned_about():
     assert repetition_warning(train_rows=1000, max_steps=300, batch_size=32) is None  # under 10 passes
     line = repetition_warning(train_rows=1, max_steps=30, batch_size=32)
     assert "pass 960 times over the 1 train rows" in line and "training.max_steps" in line
+
+
+def test_warmup_longer_than_the_run_is_said(unified_dir, sft_data, tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        recipe(unified_dir, sft_data, tmp_path, **{"training.warmup_steps": 50})
+    assert "training.warmup_steps (50) >= training.max_steps (6)" in caplog.text

@@ -129,3 +129,24 @@ def test_bad_images_are_skipped_and_reported(tmp_path):
     assert skipped == ["corrupt.png", "dot.png"] and report["count"] == 2
     assert all("corrupt.png: cannot read image" in row["reason"] or "1x1" in row["reason"] for row in report["rows"])
     assert (out / "tokenizer" / "model.safetensors").exists()
+
+
+def test_a_folder_of_unreadable_images_says_so(tmp_path, capsys):
+    from mmgen.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.png", "b.jpg", "c.png"):
+        (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(32))
+    recipe = tmp_path / "tokenizer.yaml"
+    recipe.write_text(f"stage: tokenizer\noutput_dir: {tmp_path / 'run'}\nmodel: {{image_size: 16, "
+                      "block_out_channels: [8, 8], norm_num_groups: 4, latent_channels: 4, "
+                      "mid_block_add_attention: false}\n"
+                      f"data: {{source: {folder}}}\ntraining: {{max_steps: 2, batch_size: 2, warmup_steps: 1, "
+                      "mixed_precision: fp32}\n")
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no readable image in the first" in err or "none of the" in err, err
+    assert main(["train", str(recipe), "training.batch_size=16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"none of the 3 training images is readable ({folder / 'a.png'}: cannot read image" in err, err

@@ -64,7 +64,23 @@ def build_reward(spec: str, options: dict[str, Any] | None = None) -> RewardFn:
                         "a user reward is given as 'package.module:function' or 'path/to/file.py:function'")
     function = load_user_function(spec)
     _check_options(function, options, f"reward {spec!r}", skip=("prompts", "images", "metadata"))
+    _check_call_shape(function, options, spec)
     return functools.partial(function, **options) if options else function
+
+
+def _check_call_shape(function: Callable, options: dict, spec: str) -> None:
+    """A user reward must take (prompts, images, metadata) plus its options: checked at start-up (and by
+    `--dry-run`), not at the first rollout."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # some builtins and C functions have none: let the call decide
+        return
+    try:
+        signature.bind(["a prompt"], [None], [{}], **options)
+    except TypeError as err:
+        raise UserError(f"reward {spec!r} is defined as {function.__name__}{signature}, but a reward is called as "
+                        f"fn(prompts, images, metadata, **options) ({err}); see README, 'Writing a reward model'"
+                        ) from None
 
 
 def load_user_function(spec: str) -> Callable:

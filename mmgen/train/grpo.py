@@ -103,7 +103,7 @@ class BenchmarkGuard:
 
     def __post_init__(self):
         if self.every < 1:
-            raise ValueError(f"benchmark.every must be >= 1, got {self.every}")
+            raise ValueError(f"benchmark.every must be >= 1, got {self.every} (benchmark=null turns the check off)")
 
 
 @dataclass
@@ -119,7 +119,7 @@ class GRPORecipe:
     on_reward_error: str = "stop"  # "stop" the run, or "skip" the samples a reward fails on
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     training: GRPOTrainingConfig = field(default_factory=GRPOTrainingConfig)
-    benchmark: BenchmarkGuard = field(default_factory=BenchmarkGuard)
+    benchmark: BenchmarkGuard | None = field(default_factory=BenchmarkGuard)  # null: no held-out check
     trust_remote_code: bool = False
 
     def __post_init__(self):
@@ -244,7 +244,7 @@ def build_trainer(recipe: GRPORecipe, model, unified: UnifiedModel, dataset, ext
         unified.tokenizer.pad_token = unified.tokenizer.eos_token
     callbacks = [TrainLogCallback(recipe.output_dir), *extra_callbacks]
     guard = None
-    if recipe.benchmark.benchmark:
+    if recipe.benchmark is not None and recipe.benchmark.benchmark:
         guard = BenchmarkCallback(recipe, unified, Path(recipe.output_dir) / "benchmark")
         callbacks.append(guard)
     trainer = ImageGRPOTrainer(

@@ -22,11 +22,17 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from mmgen.data_engine.image_sources import ImageTensorDataset, collate_images, open_image_source, to_pixels
+from mmgen.data_engine.image_sources import (
+    ImageTensorDataset,
+    SkippedImage,
+    collate_images,
+    open_image_source,
+    to_pixels,
+)
 from mmgen.errors import UserError
 from mmgen.files import broken_safetensors, set_aside_damaged, write_json_atomic
 from mmgen.runtime import PRECISIONS, resolve_precision
-from mmgen.train.settings import announce_precision
+from mmgen.train.settings import announce_precision, warn_on_long_warmup
 from mmgen.train.train_log import TRAIN_LOG, drop_lines_after
 
 
@@ -65,6 +71,7 @@ class ImageTrainingConfig:
         for name in ("max_steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+        warn_on_long_warmup(self.warmup_steps, self.max_steps)
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
@@ -93,6 +100,21 @@ class StepBatchSampler(torch.utils.data.Sampler):
                 generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
                 permutation = torch.randperm(self.num_items, generator=generator).tolist()
             yield permutation[offset * self.batch_size : (offset + 1) * self.batch_size]
+
+
+EMPTY_BATCHES_BEFORE_GIVING_UP = 10  # all-unreadable batches at the start of a run: the source is broken
+
+
+def _too_few_images(train_set, batch_size: int) -> str:
+    """Why a training set smaller than one batch is too small, telling unreadable images from missing ones."""
+    items = [train_set[i] for i in range(len(train_set))]
+    unreadable = [item for item in items if isinstance(item, SkippedImage)]
+    if items and len(unreadable) == len(items):
+        examples = "; ".join(item.reason for item in unreadable[:2])  # each reason names its file
+        return f"none of the {len(items)} training images is readable ({examples})"
+    found = f"{len(items)} images" + (f" ({len(unreadable)} of them unreadable)" if unreadable else "")
+    return f"the training set has {found}, fewer than one batch of {batch_size}; add images or lower " \
+           "training.batch_size"
 
 
 def build_image_datasets(data: ImageDataConfig, size: int) -> tuple[ImageTensorDataset, ImageTensorDataset]:
@@ -169,6 +191,8 @@ def run_image_loop(accelerator: Accelerator, cfg: ImageTrainingConfig, output_di
     checkpoint = latest_checkpoint(output_dir)
     state = json.loads((checkpoint / "trainer_state.json").read_text()) if checkpoint else {}
     start_step = state.get("step", 0)
+    if len(train_set) < cfg.batch_size:
+        raise UserError(_too_few_images(train_set, cfg.batch_size))
     sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, start_step, cfg.max_steps)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=cfg.num_workers)
@@ -186,11 +210,19 @@ def run_image_loop(accelerator: Accelerator, cfg: ImageTrainingConfig, output_di
     bar = tqdm(total=cfg.max_steps, initial=start_step, desc=desc, disable=not progress or
                not accelerator.is_main_process, dynamic_ncols=True)
     step, started = start_step, time.perf_counter()
+    trained_any, empty_batches = False, 0
     for batch, bad in batches:
         skipped.update((item.name, item.reason) for item in bad)
         if len(batch) == 0:
+            empty_batches += 1
+            if not trained_any and empty_batches >= min(sampler.steps_per_epoch, EMPTY_BATCHES_BEFORE_GIVING_UP):
+                examples = "; ".join(list(skipped.values())[:2])  # each reason names its file
+                bar.close()
+                raise UserError(f"no readable image in the first {empty_batches} batches of {cfg.batch_size} "
+                                f"({len(skipped)} unreadable, e.g. {examples}); check the image source")
             step += 1
             continue
+        trained_any = True
         metrics = train_step(step, prepare(batch))
         step += 1
         bar.update(1)

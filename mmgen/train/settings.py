@@ -4,6 +4,7 @@ extends, and the checks of the recipe's head (stage, method, save)."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -15,6 +16,14 @@ from mmgen.runtime import PRECISIONS, Precision, resolve_precision
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 TRACKER_INSTALL = {"tensorboard": "pip install 'mmgen-kit[tracking]'", "trackio": "pip install 'mmgen-kit[tracking]'",
                    "wandb": "pip install wandb"}
+
+
+def warn_on_long_warmup(warmup_steps: int, max_steps: int) -> None:
+    if warmup_steps >= max_steps:
+        logging.getLogger("mmgen.train").warning(
+            "training.warmup_steps (%d) >= training.max_steps (%d): the learning rate never reaches "
+            "training.learning_rate; lower warmup_steps (e.g. %d) or raise max_steps", warmup_steps, max_steps,
+            max(max_steps // 10, 0))
 
 
 @dataclass
@@ -48,6 +57,7 @@ class TrainerSettings:
         for name in self.POSITIVE:
             if getattr(self, name) < 1:
                 raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+        warn_on_long_warmup(self.warmup_steps, self.max_steps)
 
     def check_machine(self) -> None:
         """Refuse up front, with the fallback named, what this machine cannot run (rather than failing once the
