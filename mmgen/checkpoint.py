@@ -106,7 +106,7 @@ def make_text_safe_by_default(tokenizer: PreTrainedTokenizerBase, prompt_format:
 
     A chat-format tokenizer keeps the default: `apply_chat_template(tokenize=True)` tokenizes the rendered template
     in one call, and its own control tokens must stay tokens there; callers pass `sanitize_control_tokens=True`
-    instead (README, Serving)."""
+    instead (docs/checkpoint.md, "Serving safely")."""
     if prompt_format == "plain":
         tokenizer.split_special_tokens = True
         tokenizer.init_kwargs["split_special_tokens"] = True

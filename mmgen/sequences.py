@@ -1,4 +1,4 @@
-"""Token-id sequences for every task, built directly from ids (design doc, "Sequences").
+"""Token-id sequences for every task, built directly from ids (docs/architecture.md, "Sequences").
 
     text-to-image:  [prefix] caption <|image_start|> c_1 ... c_N <|image_end|>
     unconditional:  [prefix] <|image_start|> c_1 ... c_N <|image_end|>          (the caption dropped, for CFG)

@@ -1,9 +1,9 @@
 """Reward functions by name: the built-ins, and user rewards given as `package.module:function` or `file.py:function`.
 
-A reward scores generated images: `reward(prompts, images, metadata) -> scores`, one float per image (design doc,
-"Interfaces"). `prompts` are the captions or edit instructions as the user wrote them; `images` are PIL images, or
-None where a completion is not a valid image span; `metadata` holds one dict per image with what the prompt file
-or dataset gave for that prompt (GenEval clauses, scenes, the edit's source image...).
+A reward scores generated images: `reward(prompts, images, metadata) -> scores`, one float per image (docs/grpo.md,
+"Writing a reward model"). `prompts` are the captions or edit instructions as the user wrote them; `images` are
+PIL images, or None where a completion is not a valid image span; `metadata` holds one dict per image with what the
+prompt file or dataset gave for that prompt (GenEval clauses, scenes, the edit's source image...).
 
 A built-in is registered as a *factory*: `factory(**options) -> reward`, so a recipe's `options:` (a detector
 path, a tolerance) are checked once, when the run starts, and heavy models load once. A user function gets the
@@ -79,7 +79,7 @@ def _check_call_shape(function: Callable, options: dict, spec: str) -> None:
         signature.bind(["a prompt"], [None], [{}], **options)
     except TypeError as err:
         raise UserError(f"reward {spec!r} is defined as {function.__name__}{signature}, but a reward is called as "
-                        f"fn(prompts, images, metadata, **options) ({err}); see README, 'Writing a reward model'"
+                        f"fn(prompts, images, metadata, **options) ({err}); see docs/grpo.md, 'Writing a reward model'"
                         ) from None
 
 

@@ -1,6 +1,6 @@
 """SFT stage: TRL's `SFTTrainer` on a pre-tokenized dataset (`mmgen data build`), full / LoRA / QLoRA.
 
-The dataset already holds `input_ids` and `completion_mask` (design doc, "Sequences"), so TRL skips its own
+The dataset already holds `input_ids` and `completion_mask` (docs/architecture.md, "Sequences"), so TRL skips its own
 tokenization and puts the loss on the completion (the image span, or the answer). This module adds what TRL does
 not know about: loading a unified checkpoint, LoRA that trains only the *new* image-token rows of the embedding
 table and LM head (the text rows stay bit-identical), resuming from the newest complete checkpoint, sample image
