@@ -256,3 +256,30 @@ def test_warmup_longer_than_the_run_is_said(unified_dir, sft_data, tmp_path, cap
     with caplog.at_level("WARNING"):
         recipe(unified_dir, sft_data, tmp_path, **{"training.warmup_steps": 50})
     assert "training.warmup_steps (50) >= training.max_steps (6)" in caplog.text
+
+
+def test_the_plain_lm_head_gives_trls_loss_and_gradients(unified_dir, sft_data, tmp_path, monkeypatch):
+    """Small batches skip TRL's chunked head (faster on CPU); the loss and its gradients must not change."""
+    from datasets import load_from_disk
+
+    from mmgen.train import sft
+
+    run = recipe(unified_dir, sft_data, tmp_path, method="full")
+    unified = load_unified(unified_dir, with_model=False)
+    model = sft.load_model_for_training(run, unified)
+    trainer = sft.build_trainer(run, model, unified, load_from_disk(str(sft_data)))
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+
+    def loss_and_grads(plain: bool):
+        monkeypatch.setattr(sft, "PLAIN_LOGITS_MAX_BYTES", 2**40 if plain else 0)
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain_loss, plain_grads = loss_and_grads(True)
+    fused_loss, fused_grads = loss_and_grads(False)
+    torch.testing.assert_close(plain_loss, fused_loss, rtol=1e-5, atol=1e-6)
+    assert len(plain_grads) == len(fused_grads) > 0
+    for a, b in zip(plain_grads, fused_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -185,16 +185,41 @@ def load_model_for_training(recipe: SFTRecipe, unified: UnifiedModel):
 # ---- trainer -------------------------------------------------------------------------------------------------
 
 
+# Below this size the batch's full logits cost little memory, and computing them in one matmul is faster than TRL's
+# chunked LM head, which (off Triton devices) scores every position tile by tile and recomputes the logits in the
+# backward pass. Above it (large vocabularies, long sequences) the chunked head's memory saving matters more.
+PLAIN_LOGITS_MAX_BYTES = 256 * 2**20
+
+
 def _trainer_class():
     from trl import SFTTrainer
 
     class MMGenSFTTrainer(SFTTrainer):
-        """TRL's SFTTrainer; embedding tables trained through `modules_to_save` get no weight decay."""
+        """TRL's SFTTrainer; embedding tables trained through `modules_to_save` get no weight decay, and batches
+        whose logits are small take the plain LM head (see PLAIN_LOGITS_MAX_BYTES)."""
 
         def get_decay_parameter_names(self, model) -> list[str]:
             return without_row_tables(super().get_decay_parameter_names(model))
 
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.get("labels")
+            if return_outputs or labels is None or not plain_logits_fit(labels, self.model.config):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
+            targets = labels[:, 1:]
+            loss = torch.nn.functional.cross_entropy(outputs.logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
+                                                     ignore_index=-100, reduction="sum")
+            tokens = (targets != -100).sum() if num_items_in_batch is None else num_items_in_batch
+            loss = loss / torch.as_tensor(tokens).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages the gradients
+            return loss
+
     return MMGenSFTTrainer
+
+
+def plain_logits_fit(labels: torch.Tensor, config) -> bool:
+    return labels.numel() * config.get_text_config().vocab_size * 4 <= PLAIN_LOGITS_MAX_BYTES
 
 
 def build_trainer(recipe: SFTRecipe, model, unified: UnifiedModel, dataset, extra_callbacks=()):
