@@ -269,6 +269,7 @@ def test_the_plain_lm_head_gives_trls_loss_and_gradients(unified_dir, sft_data, 
     model = sft.load_model_for_training(run, unified)
     trainer = sft.build_trainer(run, model, unified, load_from_disk(str(sft_data)))
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()  # prompt masked, completion scored
 
     def loss_and_grads(plain: bool):
         monkeypatch.setattr(sft, "PLAIN_LOGITS_MAX_BYTES", 2**40 if plain else 0)
