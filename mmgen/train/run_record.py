@@ -93,11 +93,11 @@ def _read_record(path: Path) -> dict[str, Any]:
 
 
 def _remove_run_outputs(output_dir: Path) -> None:
-    for name in RUN_OUTPUTS:
-        path = output_dir / name
+    removed = [output_dir / name for name in RUN_OUTPUTS if (output_dir / name).exists()]
+    for path in removed:
         if path.is_dir():
             shutil.rmtree(path)
-        elif path.exists():
+        else:
             path.unlink()
-    if output_dir.is_dir():
-        logger.warning("--restart: removed the earlier run's checkpoints and log in %s", output_dir)
+    if removed:
+        logger.warning("--restart: removed the earlier run's %s in %s", ", ".join(p.name for p in removed), output_dir)
