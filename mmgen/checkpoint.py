@@ -23,11 +23,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mmgen.errors import UserError
-from mmgen.files import atomic_directory, broken_safetensors
+from mmgen.files import atomic_directory
 from mmgen.runtime import pick_attn_implementation, pick_device, pick_dtype
 from mmgen.sequences import PROMPT_FORMATS, PromptBuilder
 from mmgen.tokenizers import VisualTokenizer, load_visual_tokenizer
-from mmgen.tokenizers.base import refuse_pickle_only
+from mmgen.tokenizers.base import refuse_damaged_weights, refuse_pickle_only
 from mmgen.vocab import ImageVocab, extend_vocabulary
 
 MMGEN_JSON = "mmgen.json"
@@ -196,17 +196,13 @@ def load_causal_lm(path: Path, device: torch.device, dtype: str | None = None, a
             dtype=torch_dtype, attn_implementation=attn)
     except ValueError as error:
         if "trust_remote_code" in str(error):
-            raise UserError(f"{path} needs custom code to load; pass --trust-remote-code only if you trust "
-                            "its code") from error
+            raise _needs_remote_code(path) from error
         raise
     return model.to(device)
 
 
-def refuse_damaged_weights(path: Path) -> None:
-    broken = broken_safetensors(path)
-    if broken:
-        raise UserError(f"{path} has damaged weights: {'; '.join(broken)}; copy or re-create the checkpoint (a "
-                        "training run resumes from its newest undamaged checkpoint by itself)")
+def _needs_remote_code(path: Path) -> UserError:
+    return UserError(f"{path} needs custom code to load; pass --trust-remote-code only if you trust its code")
 
 
 def causal_lm_class(path: Path, trust_remote_code: bool = False) -> type | None:
@@ -218,8 +214,7 @@ def causal_lm_class(path: Path, trust_remote_code: bool = False) -> type | None:
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     except ValueError as error:
         if "trust_remote_code" in str(error):
-            raise UserError(f"{path} needs custom code to load; pass --trust-remote-code only if you trust "
-                            "its code") from error
+            raise _needs_remote_code(path) from error
         raise UserError(f"{path}/config.json cannot be read as a transformers config: {error}") from error
     try:
         return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]

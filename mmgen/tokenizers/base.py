@@ -156,9 +156,7 @@ class VisualTokenizer(nn.Module, ABC):
         if not weights.is_file():
             refuse_pickle_only(path)
             raise UserError(f"no {WEIGHTS_NAME} in tokenizer directory {path}")
-        broken = broken_safetensors(path)
-        if broken:
-            raise UserError(f"{path} has damaged weights: {'; '.join(broken)}; re-create or re-copy the tokenizer")
+        refuse_damaged_weights(path)
         model = cls.from_config(config)
         model._load_weights(weights)
         model._load_attachments(path)
@@ -203,6 +201,15 @@ def _not_a_tokenizer(path: Path, config: dict[str, Any]) -> str:
         return (f"{path} is a transformers model ({kind}), not a visual tokenizer: give a directory written by "
                 "`mmgen tokenizer train`, a unified checkpoint's visual_tokenizer/, or a diffusers VQModel")
     return f"{path / CONFIG_NAME} has no 'tokenizer_type' key and is not a diffusers VQModel config"
+
+
+def refuse_damaged_weights(path: Path) -> None:
+    """Raise if a safetensors file in `path` is cut short (disk full, a bad copy): a one-line error, not a traceback
+    from deep inside the loader."""
+    broken = broken_safetensors(path)
+    if broken:
+        raise UserError(f"{path} has damaged weights: {'; '.join(broken)}; re-copy or re-create it (a training run "
+                        "resumes from its newest undamaged checkpoint by itself)")
 
 
 def load_visual_tokenizer(path: str | os.PathLike) -> VisualTokenizer:
