@@ -271,11 +271,19 @@ def test_the_plain_lm_head_gives_trls_loss_and_gradients(unified_dir, sft_data, 
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()  # prompt masked, completion scored
 
+    from trl import SFTTrainer
+
+    chunked_calls = []
+    chunked = SFTTrainer.compute_loss
+    monkeypatch.setattr(SFTTrainer, "compute_loss", lambda *a, **k: chunked_calls.append(1) or chunked(*a, **k))
+
     def loss_and_grads(plain: bool):
         monkeypatch.setattr(sft, "PLAIN_LOGITS_MAX_BYTES", 2**40 if plain else 0)
+        chunked_calls.clear()
         model.zero_grad()
         loss = trainer.compute_loss(model, dict(batch))
         loss.backward()
+        assert len(chunked_calls) == (0 if plain else 1)  # each side really took its own head
         return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     plain_loss, plain_grads = loss_and_grads(True)
