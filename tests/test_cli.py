@@ -1,5 +1,6 @@
 """The `mmgen` entry point: verbs, help, honest refusals and one-line errors."""
 
+import json
 import subprocess
 import sys
 
@@ -29,6 +30,25 @@ def test_user_error_is_one_line(capsys):
     assert main(["data", "shapes", "--num", "0", "--out", "/tmp/never"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--num" in err
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--grid", "4", "--edits"], "--grid applies to images, not --edits or --questions"),
+    (["--span", "1"], "--span needs --grid N"),
+    (["--grid", "8", "--span", "1"], "--grid/--span: grid 8 with objects 1 cells wide gives size 0.125"),
+])
+def test_data_shapes_grid_errors(extra, expected, tmp_path, capsys):
+    assert main(["data", "shapes", "--num", "2", "--out", str(tmp_path / "never"), *extra]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+def test_data_shapes_on_a_grid(tmp_path):
+    import datasets
+
+    assert main(["data", "shapes", "--num", "4", "--grid", "4", "--out", str(tmp_path / "grid")]) == 0
+    scenes = [json.loads(row["scene"]) for row in datasets.load_from_disk(str(tmp_path / "grid"))]
+    assert all(obj["size"] == 0.25 for scene in scenes for obj in scene["objects"])
 
 
 @pytest.mark.parametrize(

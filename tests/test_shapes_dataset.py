@@ -6,6 +6,7 @@ import pytest
 from mmgen.data_engine.shapes.captions import GENEVAL_TASKS
 from mmgen.data_engine.shapes.dataset import build_shapes_dataset, write_shapes_dataset
 from mmgen.data_engine.shapes.edits import EDIT_TYPES
+from mmgen.data_engine.shapes.scenes import Layout
 from mmgen.data_engine.shapes.world import Scene, render
 
 
@@ -51,6 +52,15 @@ def test_task_restriction():
     assert set(build_shapes_dataset(10, size=32, seed=0, tasks=["position"])["task"]) == {"position"}
     with pytest.raises(ValueError, match="unknown tasks"):
         build_shapes_dataset(10, size=32, seed=0, tasks=["poem"])
+
+
+def test_grid_dataset_stands_every_object_on_the_grid():
+    rows = build_shapes_dataset(30, size=64, seed=0, tasks=list(GENEVAL_TASKS), layout=Layout(grid=4))
+    objects = [obj for row in rows for obj in json.loads(row["scene"])["objects"]]
+    assert objects and all(obj["size"] == 0.25 and (obj["x"] * 4 - 0.5) % 1 == 0 and (obj["y"] * 4 - 0.5) % 1 == 0
+                           for obj in objects)
+    with pytest.raises(ValueError, match="free layout only"):
+        build_shapes_dataset(2, size=64, seed=0, edits=True, layout=Layout(grid=4))
 
 
 @pytest.mark.parametrize("size", [31, 257])

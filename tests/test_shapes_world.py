@@ -123,6 +123,42 @@ def test_position_scenes_hold_only_the_wanted_relation(relation):
         assert geneval_relations(subject, target) == {relation}
 
 
+@pytest.mark.parametrize(("grid", "span"), [(4, 1), (8, 2), (5, 1)])
+@pytest.mark.parametrize("task", GENEVAL_TASKS)
+def test_grid_scenes_satisfy_their_prompts_on_whole_cells(task, grid, span):
+    layout = scenes.Layout(grid=grid)
+    assert layout.span == span  # the fewest cells the detector reads
+    rng = random.Random(f"{task}:{grid}")
+    for _ in range(20):
+        spec = make_prompt(task, rng)
+        scene = scene_for_prompt(spec, rng, layout)
+        assert is_valid(scene) and _satisfies(scene, spec), (spec, scene)
+        for obj in scene.objects:
+            assert obj.size == pytest.approx(span / grid)
+            for centre in (obj.x, obj.y):  # the object's edges fall on cell boundaries
+                left = (centre - obj.size / 2) * grid
+                assert left == pytest.approx(round(left)) and 0 <= round(left) <= grid - span
+
+
+def test_grid_scenes_are_seeded_and_use_every_cell():
+    layout = scenes.Layout(grid=4)
+    first = [scenes.free_scene(random.Random(seed), layout=layout) for seed in range(200)]
+    assert first == [scenes.free_scene(random.Random(seed), layout=layout) for seed in range(200)]
+    cells = {(round(obj.x * 4 - 0.5), round(obj.y * 4 - 0.5)) for scene in first for obj in scene.objects}
+    assert cells == {(x, y) for x in range(4) for y in range(4)}
+
+
+@pytest.mark.parametrize(("grid", "span", "message"), [
+    (1, None, "at least 2 cells"),
+    (8, 1, "gives size 0.125"),
+    (4, 2, "gives size 0.500"),
+    (None, 2, "span needs a grid"),
+])
+def test_bad_grid_layouts_are_rejected(grid, span, message):
+    with pytest.raises(ValueError, match=message):
+        scenes.Layout(grid=grid, span=span)
+
+
 def test_counting_scene_has_exact_count_of_one_class():
     spec = {"tag": "counting", "include": [{"class": "triangle", "count": 3}], "prompt": "a photo of three triangles"}
     scene = scene_for_prompt(spec, random.Random(1))

@@ -16,7 +16,7 @@ from datasets import Dataset, Features, Image, Value
 
 from .captions import GENEVAL_TASKS, describe, make_prompt, metadata_for_scene
 from .edits import EDIT_TYPES, make_edit
-from .scenes import free_scene, scene_for_prompt
+from .scenes import FREE, Layout, free_scene, scene_for_prompt
 from .world import Scene, render
 
 DESCRIBE = "describe"
@@ -60,18 +60,18 @@ def _scene_json(scene: Scene) -> str:
     return json.dumps(scene.to_dict())
 
 
-def _t2i_row(rng: random.Random, size: int, tasks: Sequence[str] | None) -> dict:
+def _t2i_row(rng: random.Random, size: int, tasks: Sequence[str] | None, layout: Layout) -> dict:
     if tasks:
         task = rng.choice(tasks)
     else:
         task = DESCRIBE if rng.random() < DESCRIBE_SHARE else rng.choice(GENEVAL_TASKS)
     if task == DESCRIBE:
-        scene = free_scene(rng)
+        scene = free_scene(rng, layout=layout)
         caption = describe(scene, rng)
         metadata = {**metadata_for_scene(scene), "prompt": caption}
     else:
         metadata = make_prompt(task, rng)
-        scene = scene_for_prompt(metadata, rng)
+        scene = scene_for_prompt(metadata, rng, layout)
         caption = metadata["prompt"]
     return {
         "image": _png(scene, size),
@@ -82,7 +82,9 @@ def _t2i_row(rng: random.Random, size: int, tasks: Sequence[str] | None) -> dict
     }
 
 
-def _edit_row(rng: random.Random, size: int, edit_types: Sequence[str] | None) -> dict:
+def _edit_row(rng: random.Random, size: int, edit_types: Sequence[str] | None, layout: Layout) -> dict:
+    if layout != FREE:
+        raise ValueError("edit triplets are drawn in the free layout only (moves and resizes leave any grid)")
     edit = make_edit(rng, rng.choice(edit_types or EDIT_TYPES))
     return {
         "source_image": _png(edit.source, size),
@@ -106,23 +108,25 @@ def _check_arguments(num: int, size: int, edits: bool, tasks: Sequence[str] | No
 
 
 def build_shapes_dataset(
-    num: int, size: int = 64, seed: int = 0, edits: bool = False, tasks: Sequence[str] | None = None
+    num: int, size: int = 64, seed: int = 0, edits: bool = False, tasks: Sequence[str] | None = None,
+    layout: Layout = FREE,
 ) -> Dataset:
     """`num` rendered rows: text-to-image pairs, or edit triplets when `edits` is set.
 
     `tasks` restricts what is sampled (uniformly): t2i tasks from `T2I_TASKS`, or edit types from `EDIT_TYPES`
     when `edits` is set. None gives the default mix (half "describe", half GenEval tasks; all edit types).
+    `layout` says where objects stand (`Layout(grid=8)`: on an 8 x 8 cell grid, see `Layout`).
     """
     _check_arguments(num, size, edits, tasks)
     make_row, features = (_edit_row, EDIT_FEATURES) if edits else (_t2i_row, T2I_FEATURES)
-    rows = [make_row(random.Random(f"shapes:{seed}:{index}"), size, tasks) for index in range(num)]
+    rows = [make_row(random.Random(f"shapes:{seed}:{index}"), size, tasks, layout) for index in range(num)]
     columns = {name: [row[name] for row in rows] for name in features}
     return Dataset.from_dict(columns, features=features)
 
 
 def write_shapes_dataset(out_dir: str | Path, num: int, size: int = 64, seed: int = 0, edits: bool = False,
-                         tasks: Sequence[str] | None = None) -> Dataset:
+                         tasks: Sequence[str] | None = None, layout: Layout = FREE) -> Dataset:
     """Build a dataset and save it with `save_to_disk`, ready for `datasets.load_from_disk(out_dir)`."""
-    dataset = build_shapes_dataset(num, size, seed, edits=edits, tasks=tasks)
+    dataset = build_shapes_dataset(num, size, seed, edits=edits, tasks=tasks, layout=layout)
     dataset.save_to_disk(str(out_dir))
     return dataset

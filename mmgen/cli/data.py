@@ -29,6 +29,12 @@ def add_parser(verbs) -> None:
                       help="write questions with exact answers about each image (image, question, answer)")
     shapes.add_argument("--tasks", help="comma-separated tasks to draw from (uniformly): GenEval tasks and 'describe' "
                         "for images (default: half describe, half GenEval), edit types with --edits (default: all)")
+    shapes.add_argument("--grid", type=int, metavar="N",
+                        help="images only: stand every object on whole cells of an N x N grid (use the visual "
+                        "tokenizer's code grid, e.g. 8 for 64 codes); default: anywhere, any size")
+    shapes.add_argument("--span", type=int, metavar="K",
+                        help="with --grid: every object K x K cells (default: the fewest the detector reads, "
+                        "1 on a 4 x 4 grid, 2 on an 8 x 8 one)")
     shapes.set_defaults(handler=_run_data_shapes)
 
     tokenize = actions.add_parser(
@@ -85,6 +91,7 @@ def _run_data_shapes(args) -> int:
 
     from mmgen.data_engine.shapes.dataset import write_shapes_dataset
     from mmgen.data_engine.shapes.questions import write_shapes_vqa_dataset
+    from mmgen.data_engine.shapes.scenes import Layout
     from mmgen.errors import UserError
 
     if args.num < 1:
@@ -95,12 +102,21 @@ def _run_data_shapes(args) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     if tasks and args.questions:
         raise UserError("--tasks applies to images and --edits, not --questions")
+    if args.grid is not None and (args.questions or args.edits):
+        raise UserError("--grid applies to images, not --edits or --questions (edits move objects off any grid)")
+    if args.span is not None and args.grid is None:
+        raise UserError("--span needs --grid N")
+    try:
+        layout = Layout(grid=args.grid, span=args.span)
+    except ValueError as err:
+        raise UserError(f"--grid/--span: {err}") from None
     if args.questions:
         write_shapes_vqa_dataset(args.out, num=args.num, size=args.size, seed=args.seed)
         kind = "questions"
     else:
         try:
-            write_shapes_dataset(args.out, num=args.num, size=args.size, seed=args.seed, edits=args.edits, tasks=tasks)
+            write_shapes_dataset(args.out, num=args.num, size=args.size, seed=args.seed, edits=args.edits, tasks=tasks,
+                                 layout=layout)
         except ValueError as err:  # unknown task names, with the valid ones
             raise UserError(f"--tasks: {err}") from None
         kind = "edit triplets" if args.edits else "images"
