@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import difflib
 import io
+import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mmgen.data_engine.shapes.benchmark import load_benchmark
+from mmgen.data_engine.shapes.scenes import Layout, scene_for_prompt
 from mmgen.data_engine.shapes.world import Scene, render
 from mmgen.eval.detectors.shapes import ShapesDetector
 from mmgen.eval.generation import GenerateImages, call_seed, consecutive_batches, generate_checked
@@ -97,8 +99,12 @@ def score_images(images: Sequence[Image.Image], prompts: Sequence[dict], detecto
     return records, score_results(records)
 
 
-def render_ground_truth(prompts: Sequence[dict], size: int) -> list[Image.Image]:
-    return [render(Scene.from_dict(prompt["scene"]), size) for prompt in prompts]
+def render_ground_truth(prompts: Sequence[dict], size: int, layout: Layout | None = None) -> list[Image.Image]:
+    """Each prompt's own scene, or (`layout`) a new scene for the prompt in that layout, seeded by its position."""
+    if layout is None:
+        return [render(Scene.from_dict(prompt["scene"]), size) for prompt in prompts]
+    return [render(scene_for_prompt(prompt, random.Random(f"ground-truth:{index}"), layout), size)
+            for index, prompt in enumerate(prompts)]
 
 
 def write_shapes_report(out_dir: str | Path, records: Sequence[dict], summary: dict, images: Sequence[Image.Image],
@@ -137,14 +143,17 @@ class TokenizerRoundTrip:
 
 def score_ground_truth(out_dir: str | Path | None = None, size: int = 64, degrade=None,
                        benchmark_path: str | Path | None = None, limit: int | None = None,
-                       round_trip: TokenizerRoundTrip | None = None, tasks: Sequence[str] | None = None) -> dict:
+                       round_trip: TokenizerRoundTrip | None = None, tasks: Sequence[str] | None = None,
+                       layout: Layout | None = None) -> dict:
     """Score the benchmark's rendered ground-truth scenes, optionally degraded or seen through a tokenizer's codes
-    (`round_trip`: rendered at its image size); writes the reports to out_dir."""
+    (`round_trip`: rendered at its image size); writes the reports to out_dir. `layout`: score new scenes of the
+    same prompts in that layout instead (e.g. the cell grid a model's SFT data stands on, to read its tokenizer's
+    ceiling for the images that model learned to draw)."""
     if round_trip is not None and degrade is not None:
         raise UserError("choose one of degrade and a tokenizer round trip")
     prompts = [prompt for _, prompt in benchmark_prompts(benchmark_path, limit, tasks)]
     size = round_trip.image_size if round_trip is not None else size
-    images = render_ground_truth(prompts, size)
+    images = render_ground_truth(prompts, size, layout)
     if degrade is not None:
         images = [degrade(image) for image in images]
     if round_trip is not None:
@@ -152,6 +161,8 @@ def score_ground_truth(out_dir: str | Path | None = None, size: int = 64, degrad
     records, summary = score_images(images, prompts)
     if out_dir is not None:
         source = f"ground truth through the tokenizer {round_trip.path}" if round_trip else "ground truth"
+        if layout is not None:
+            source += f" (scenes redrawn on a {layout.grid} x {layout.grid} grid, objects {layout.span} cells wide)"
         write_shapes_report(out_dir, records, summary, images, source=source, size=size,
                             degraded=degrade is not None, **_selection(tasks))
     return summary

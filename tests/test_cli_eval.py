@@ -229,6 +229,13 @@ def test_shapes_ground_truth_still_scores_one_and_writes_reports(tmp_path, capsy
     assert all((tmp_path / name).is_file() for name in REPORTS)
 
 
+def test_shapes_ground_truth_on_a_grid_redraws_the_prompts_and_still_scores_one(tmp_path):
+    assert main(["eval", "shapes", "--ground-truth", "--grid", "4", "--out", str(tmp_path), "--limit", "10"]) == 0
+    results = read_json(tmp_path / "results.json")
+    assert results["overall"] == 1.0
+    assert "4 x 4 grid, objects 1 cells wide" in results["details"]["source"]
+
+
 def test_shapes_tasks_keeps_only_the_named_tasks_and_averages_over_them(unified_dir, tmp_path):
     truth = tmp_path / "truth"
     assert main(["eval", "shapes", "--ground-truth", "--out", str(truth), "--limit", "3",
@@ -288,7 +295,10 @@ OFFICIAL = ["--official-script", "{missing}", "--official-python", "python3", "-
         (SHAPES + ["--model", "{missing}"], "model directory not found"),
         (SHAPES + ["--model", "{lm}"], "is not an mmgen unified checkpoint"),
         (SHAPES + ["--model", "{model}", "--size", "32"],
-         "--size, --degrade and --through-tokenizer apply to --ground-truth"),
+         "--size, --degrade, --through-tokenizer and --grid apply to --ground-truth"),
+        (SHAPES + ["--model", "{model}", "--grid", "4"],
+         "--size, --degrade, --through-tokenizer and --grid apply to --ground-truth"),
+        (SHAPES + ["--ground-truth", "--grid", "2"], "--grid: grid 2 with objects 1 cells wide gives size 0.500"),
         (SHAPES + ["--model", "{model}", "--prompts", "{missing}"], "no such shapes benchmark prompt file"),
         (SHAPES + ["--model", "{model}", "--top-k", "-2"], "top_k must be >= 0"),
         (SHAPES + ["--model", "{model}", "--tasks", "colours"], "no task 'colours' (did you mean 'colors'?)"),

@@ -113,6 +113,9 @@ def _add_shapes_parser(suites) -> None:
     truth.add_argument("--through-tokenizer", metavar="DIR",
                        help="encode and decode the scenes (rendered at its image size) with this visual tokenizer "
                             "first: the best score a model drawing with its codes can reach")
+    truth.add_argument("--grid", type=_positive_int, metavar="N",
+                       help="redraw each prompt's scene with its objects on whole cells of an N x N grid (as `mmgen "
+                            "data shapes --grid N` does) instead of the benchmark's own scenes")
     _add_sampling_arguments(shapes)
     shapes.set_defaults(handler=_run_shapes)
 
@@ -120,6 +123,18 @@ def _add_shapes_parser(suites) -> None:
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     add_sampling_options(parser)
     add_checkpoint_options(parser)
+
+
+def _grid_layout(grid: int | None):
+    from mmgen.data_engine.shapes.scenes import Layout
+    from mmgen.errors import UserError
+
+    if grid is None:
+        return None
+    try:
+        return Layout(grid=grid)
+    except ValueError as err:
+        raise UserError(f"--grid: {err}") from None
 
 
 def _task_list(text: str) -> list[str]:
@@ -209,12 +224,12 @@ def _run_shapes(args) -> int:
         round_trip = TokenizerRoundTrip(args.through_tokenizer) if args.through_tokenizer else None
         summary = score_ground_truth(args.out, size=args.size or 64, degrade=blur_and_jpeg() if args.degrade else None,
                                      benchmark_path=args.prompts, limit=args.limit, round_trip=round_trip,
-                                     tasks=args.tasks)
+                                     tasks=args.tasks, layout=_grid_layout(args.grid))
         _print_scores("shapes benchmark: ground truth" + (" through the tokenizer" if round_trip else ""), summary)
     else:
-        if args.size or args.degrade or args.through_tokenizer:
-            raise UserError("--size, --degrade and --through-tokenizer apply to --ground-truth; a model's images are "
-                            "scored at the size its visual tokenizer decodes")
+        if args.size or args.degrade or args.through_tokenizer or args.grid:
+            raise UserError("--size, --degrade, --through-tokenizer and --grid apply to --ground-truth; a model's "
+                            "images are scored at the size its visual tokenizer decodes")
         benchmark_prompts(args.prompts, args.limit, args.tasks)  # a bad prompt file fails before the checkpoint loads
         generate_images, run = _open_sampler(args)
         summary = score_generator(generate_images, args.out, args.images_per_prompt, args.seed, args.limit,
