@@ -29,9 +29,9 @@ class DemoBudget:
     guard_limit: int  # prompts per task of GRPO's benchmark guard
 
 
-# Sized in work, not minutes (docs/experiments/2026-12-07-demo-on-plain-cpu.md): on a 2-core CPU without native
+# Sized in work, not minutes (docs/experiments/2026-12-08-grid-aligned-codes.md): on a 2-core CPU without native
 # bf16 (fp32, ~120 GFLOP/s matmul) the whole run, set-up included, stays under 30 minutes; faster hardware is faster.
-FULL = DemoBudget(sft_images=24000, tokenizer_steps=1500, tokenizer_eval_images=300, sft_steps=700, grpo_steps=60,
+FULL = DemoBudget(sft_images=24000, tokenizer_steps=4000, tokenizer_eval_images=300, sft_steps=1500, grpo_steps=180,
                   benchmark_limit=None, guard_limit=10)
 QUICK = DemoBudget(sft_images=320, tokenizer_steps=30, tokenizer_eval_images=50, sft_steps=6, grpo_steps=2,
                    benchmark_limit=2, guard_limit=1)
@@ -69,18 +69,29 @@ def _train(recipe: str, overrides: dict[str, object]) -> list[str]:
 # ---- shapes data and the benchmark's ceiling -----------------------------------------------------------------
 
 SFT_TASKS = "single_object,two_object,counting,colors,position,color_attr"  # GenEval's six, drawn uniformly
+# The demo's images stand their objects on whole cells of a 4 x 4 grid (see `Layout`), and the tokenizer maps each
+# 16 x 16 px cell to one code (`patch_size` 4: 16 codes per image): every object is then one code of one
+# (shape, colour) pattern, and each image a 16-code sequence the tiny LLM learns several times faster per FLOP
+# than 64 codes of free-standing objects (docs/experiments/2026-12-08-grid-aligned-codes.md).
+GRID = 4
+TOKENIZER_PATCH = 4
 
 
 def _data_commands(run: Path, demo: DemoRun) -> list[list[str]]:
-    return [["data", "shapes", "--num", str(demo.budget.sft_images), "--size", "64", "--tasks", SFT_TASKS,
-             "--seed", str(demo.seed), "--out", str(run / "data" / "shapes")]]
+    def scenes(num: int, seed: int, out: str) -> list[str]:
+        return ["data", "shapes", "--num", str(num), "--size", "64", "--tasks", SFT_TASKS, "--grid", str(GRID),
+                "--seed", str(seed), "--out", str(run / "data" / out)]
+
+    # Held-out scenes (another seed) for the tokenizer's fidelity: it trains on the first set.
+    return [scenes(demo.budget.sft_images, demo.seed, "shapes"),
+            scenes(demo.budget.tokenizer_eval_images, 1000 + demo.seed, "heldout")]
 
 
 def _data_summary(run: Path) -> dict:
     import datasets
 
     rows = datasets.load_from_disk(str(run / "data" / "shapes"))
-    return {"images": len(rows), "size": 64, "tasks": SFT_TASKS}
+    return {"images": len(rows), "size": 64, "tasks": SFT_TASKS, "grid": GRID}
 
 
 def _ground_truth_commands(run: Path, demo: DemoRun) -> list[list[str]]:
@@ -108,15 +119,19 @@ def _tokenizer_commands(run: Path, demo: DemoRun) -> list[list[str]]:
     out = run / "tokenizer"
     steps = demo.budget.tokenizer_steps
     return [
-        _train("tokenizer/shapes-vq.yaml", {"output_dir": out, "training.max_steps": steps,
+        # It learns from the demo's own scenes (on the grid), one code per cell.
+        _train("tokenizer/shapes-vq.yaml", {"output_dir": out, "model.patch_size": TOKENIZER_PATCH,
+                                            "data.source": run / "data" / "shapes",
+                                            "data.num_images": demo.budget.sft_images,
+                                            "training.max_steps": steps,
                                             "training.seed": demo.seed, "training.mixed_precision": demo.precision,
                                             "training.checkpoint_every": max(steps // 6, 1),
                                             "training.sample_every": max(steps // 3, 1)}),
-        ["tokenizer", "eval", "--tokenizer", str(out / "tokenizer"), "--data", "shapes",
+        ["tokenizer", "eval", "--tokenizer", str(out / "tokenizer"), "--data", str(run / "data" / "heldout"),
          "--num", str(demo.budget.tokenizer_eval_images), "--json", str(out / "eval.json"),
          "--grid", str(out / "reconstructions.png")],
-        # The benchmark's own scenes through the codes: the best score the LLM stages can reach with them.
-        ["eval", "shapes", "--ground-truth", "--through-tokenizer", str(out / "tokenizer"),
+        # The benchmark's prompts drawn on the grid, through the codes: the best score the LLM stages can reach.
+        ["eval", "shapes", "--ground-truth", "--through-tokenizer", str(out / "tokenizer"), "--grid", str(GRID),
          *_limit(demo), "--out", str(out / "ceiling")],
     ]
 
@@ -233,7 +248,8 @@ def _optional(value, spec: str) -> str:
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", "Shapes data", _data_commands, _data_summary,
-          lambda s: f"{s['images']} scenes of GenEval's six tasks at {s['size']}px"),
+          lambda s: (f"{s['images']} scenes of GenEval's six tasks at {s['size']}px"
+                     + (f", objects on a {s['grid']} x {s['grid']} grid" if s.get("grid") else ""))),
     Stage("ground_truth", "Benchmark ceiling", _ground_truth_commands,
           lambda run: _benchmark_summary(run / "ground_truth"),
           lambda s: f"rendered ground truth scores {s['overall']:.3f} ({s['images']} images): the detector is exact"),
