@@ -69,10 +69,10 @@ class Layout:
             raise ValueError(f"grid {self.grid} with objects {self.span} cells wide gives size {size:.3f}; the "
                              f"detector reads sizes {MIN_SIZE}-{MAX_SIZE}: pick span and grid so span/grid is in it")
 
-    def place(self, rng: random.Random, shape: str, color: str, size: float | None = None) -> ShapeObject:
-        """An object fully inside the image: uniform position (free layout) or on whole cells (grid)."""
+    def place(self, rng: random.Random, shape: str, color: str) -> ShapeObject:
+        """An object fully inside the image: any size at a uniform position (free layout), or on whole cells (grid)."""
         if self.grid is None:
-            size = random_size(rng) if size is None else size
+            size = random_size(rng)
             radius = size / 2
             return ShapeObject(shape, color, rng.uniform(radius, 1 - radius), rng.uniform(radius, 1 - radius), size)
         first_cells = range(self.grid - self.span + 1)  # the object's left (top) cell
@@ -90,11 +90,6 @@ def random_size(rng: random.Random) -> float:
 
 def random_color(rng: random.Random, exclude: Sequence[str] = ()) -> str:
     return rng.choice([c for c in COLORS if c not in exclude])
-
-
-def random_object(rng: random.Random, shape: str, color: str, size: float | None = None) -> ShapeObject:
-    """An object at a uniform position that keeps it fully inside the image."""
-    return FREE.place(rng, shape, color, size)
 
 
 def is_valid(scene: Scene) -> bool:
