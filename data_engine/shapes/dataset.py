@@ -82,9 +82,7 @@ def _t2i_row(rng: random.Random, size: int, tasks: Sequence[str] | None, layout:
     }
 
 
-def _edit_row(rng: random.Random, size: int, edit_types: Sequence[str] | None, layout: Layout) -> dict:
-    if layout != FREE:
-        raise ValueError("edit triplets are drawn in the free layout only (moves and resizes leave any grid)")
+def _edit_row(rng: random.Random, size: int, edit_types: Sequence[str] | None) -> dict:
     edit = make_edit(rng, rng.choice(edit_types or EDIT_TYPES))
     return {
         "source_image": _png(edit.source, size),
@@ -96,7 +94,9 @@ def _edit_row(rng: random.Random, size: int, edit_types: Sequence[str] | None, l
     }
 
 
-def _check_arguments(num: int, size: int, edits: bool, tasks: Sequence[str] | None) -> None:
+def _check_arguments(num: int, size: int, edits: bool, tasks: Sequence[str] | None, layout: Layout) -> None:
+    if edits and layout != FREE:
+        raise ValueError("edit triplets are drawn in the free layout only (moves and resizes leave any grid)")
     if num < 1:
         raise ValueError(f"num must be positive, got {num}")
     if not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
@@ -117,9 +117,12 @@ def build_shapes_dataset(
     when `edits` is set. None gives the default mix (half "describe", half GenEval tasks; all edit types).
     `layout` says where objects stand (`Layout(grid=8)`: on an 8 x 8 cell grid, see `Layout`).
     """
-    _check_arguments(num, size, edits, tasks)
-    make_row, features = (_edit_row, EDIT_FEATURES) if edits else (_t2i_row, T2I_FEATURES)
-    rows = [make_row(random.Random(f"shapes:{seed}:{index}"), size, tasks, layout) for index in range(num)]
+    _check_arguments(num, size, edits, tasks, layout)
+    if edits:
+        features, make_row = EDIT_FEATURES, lambda rng: _edit_row(rng, size, tasks)
+    else:
+        features, make_row = T2I_FEATURES, lambda rng: _t2i_row(rng, size, tasks, layout)
+    rows = [make_row(random.Random(f"shapes:{seed}:{index}")) for index in range(num)]
     columns = {name: [row[name] for row in rows] for name in features}
     return Dataset.from_dict(columns, features=features)
 
